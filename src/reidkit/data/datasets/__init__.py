@@ -1,0 +1,7 @@
+"""Dataset builders; importing this package registers them all."""
+
+import importlib
+import pkgutil
+
+for _mod in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_mod.name}")

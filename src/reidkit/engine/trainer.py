@@ -1,0 +1,246 @@
+"""The training loop: PK batches, a weighted loss mapping, checkpoints, budgets and evaluation.
+
+Reads top to bottom: build data, model, loss, optimiser and schedule from a :class:`Config`;
+resume from ``run_dir/last.pt`` when asked; then for each epoch train, log a JSON line, save an
+atomic checkpoint and evaluate every ``eval_every`` epochs; stop at ``max_epochs`` or when the
+wall-clock budget ``max_minutes`` is spent; evaluate the final model and write ``results.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from ..data import ReIDDataset, create_dataset
+from ..data.loader import train_loader
+from ..data.transforms import TransformConfig, build_transforms
+from ..losses import build_loss
+from ..models import ReIDOutput, create_model
+from .checkpoint import atomic_save, load_checkpoint
+from .config import Config, ConfigError, DataConfig, OptimConfig, SchedConfig, save_config
+from .evaluate import evaluate_model
+from .runtime import autocast, resolve_device, rng_state, seed_everything, set_rng_state
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+def as_float(output: ReIDOutput) -> ReIDOutput:
+    """Cast an autocast (bfloat16/float16) model output to float32 so losses run in full precision."""
+    return ReIDOutput(
+        output.embedding.float(),
+        output.feature.float(),
+        None if output.logits is None else output.logits.float(),
+        output.feature_maps,
+    )
+
+
+def transform_config(data: DataConfig) -> TransformConfig:
+    """The augmentation settings of a :class:`DataConfig`."""
+    return TransformConfig(
+        height=data.height,
+        width=data.width,
+        flip_p=data.flip_p,
+        pad=data.pad,
+        random_erasing_p=data.random_erasing_p,
+        color_jitter=data.color_jitter,
+    )
+
+
+def build_datasets(data: DataConfig) -> tuple[ReIDDataset, ReIDDataset]:
+    """``(train dataset, evaluation dataset)``; the same object unless ``eval_name`` is set."""
+    train_ds = create_dataset(data.name, root=data.root, **data.options)
+    if data.eval_name is None:
+        return train_ds, train_ds
+    return train_ds, create_dataset(data.eval_name, root=data.eval_root, **data.eval_options)
+
+
+def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
+    """Adam, AMSGrad or SGD (Nesterov momentum) over the trainable parameters.
+
+    Raises:
+        ConfigError: unknown optimiser name.
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.name in ("adam", "amsgrad"):
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, amsgrad=cfg.name == "amsgrad")
+    if cfg.name == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=True)
+    raise ConfigError(f"optim.name: unknown optimiser {cfg.name!r}; valid: adam, amsgrad, sgd")
+
+
+def lr_factor(epoch: int, cfg: SchedConfig, max_epochs: int) -> float:
+    """Learning-rate multiplier for 0-based ``epoch``: linear warmup, then step/cosine/constant.
+
+    Raises:
+        ConfigError: unknown schedule name.
+    """
+    if epoch < cfg.warmup_epochs:
+        return cfg.warmup_factor + (1 - cfg.warmup_factor) * epoch / cfg.warmup_epochs
+    if cfg.name == "step":
+        return cfg.gamma ** sum(epoch >= m for m in cfg.milestones)
+    if cfg.name == "cosine":
+        span = max(1, max_epochs - cfg.warmup_epochs)
+        return 0.5 * (1 + math.cos(math.pi * (epoch - cfg.warmup_epochs) / span))
+    if cfg.name == "constant":
+        return 1.0
+    raise ConfigError(f"sched.name: unknown schedule {cfg.name!r}; valid: step, cosine, constant")
+
+
+class Trainer:
+    """One training run in ``run_dir`` (created; ``resume=True`` continues ``run_dir/last.pt``).
+
+    Files written to ``run_dir``: ``config.yaml`` (resolved config), ``metrics.jsonl`` (one JSON
+    object per epoch and per evaluation), ``last.pt`` (atomic checkpoint after every epoch),
+    ``results.json`` (final evaluation).
+
+    Raises:
+        FileExistsError: ``run_dir`` already holds a checkpoint and ``resume`` is false (nothing
+            is overwritten).
+        FileNotFoundError: ``resume`` is true but ``run_dir/last.pt`` does not exist.
+    """
+
+    def __init__(self, cfg: Config, run_dir: str | Path, resume: bool = False, log=print):
+        self.cfg, self.run_dir, self.log = cfg, Path(run_dir), log
+        self.ckpt_path = self.run_dir / "last.pt"
+        if self.ckpt_path.exists() and not resume:
+            raise FileExistsError(
+                f"{self.ckpt_path} exists; pass --resume to continue that run or choose another --output"
+            )
+        if resume and not self.ckpt_path.exists():
+            raise FileNotFoundError(f"--resume: no checkpoint at {self.ckpt_path}")
+        seed_everything(cfg.seed)
+        self.device = resolve_device(cfg.train.device)
+        self.train_ds, self.eval_ds = build_datasets(cfg.data)
+        if self.train_ds.num_train_pids < 2:
+            raise ValueError(f"{cfg.data.name}: training needs at least 2 identities, found {self.train_ds.num_train_pids}")
+        self.model = create_model(
+            cfg.model.name, num_classes=self.train_ds.num_train_pids, pretrained=cfg.model.pretrained, **cfg.model.kwargs
+        ).to(self.device)
+        self.criterion = build_loss(cfg.loss)
+        self.optimizer = build_optimizer(self.model, cfg.optim)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda e: lr_factor(e, cfg.sched, cfg.train.max_epochs)
+        )
+        self.scaler = torch.amp.GradScaler("cuda", enabled=cfg.train.amp and self.device.type == "cuda")
+        self.loader = train_loader(
+            self.train_ds,
+            build_transforms(transform_config(cfg.data), train=True),
+            cfg.data.num_pids_per_batch,
+            cfg.data.num_instances,
+            seed=cfg.seed,
+            num_workers=cfg.data.num_workers,
+        )
+        self.epoch, self.elapsed = 0, 0.0
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if resume:
+            self._restore()
+        save_config(cfg, self.run_dir / "config.yaml")
+
+    # ------------------------------------------------------------------ checkpoints
+    def _state(self) -> dict:
+        return {
+            "model": self.model.state_dict(),
+            "model_name": self.cfg.model.name,
+            "model_kwargs": dict(self.cfg.model.kwargs),
+            "num_classes": self.train_ds.num_train_pids,
+            "config": self.cfg.to_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "epoch": self.epoch,
+            "elapsed_seconds": self.elapsed,
+            "rng": rng_state(),
+        }
+
+    def _restore(self) -> None:
+        ckpt = load_checkpoint(self.ckpt_path)
+        if ckpt["config"] != self.cfg.to_dict():
+            warnings.warn(f"resuming {self.ckpt_path} with a config that differs from the one it was trained with")
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.scaler.load_state_dict(ckpt["scaler"])
+        self.epoch, self.elapsed = ckpt["epoch"], ckpt["elapsed_seconds"]
+        set_rng_state(ckpt["rng"])
+        self.log(f"resumed {self.ckpt_path} after epoch {self.epoch} ({self.elapsed / 60:.1f} min trained)")
+
+    def _append_log(self, record: dict) -> None:
+        with open(self.run_dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    # ------------------------------------------------------------------ loop
+    def _budget_spent(self) -> bool:
+        budget = self.cfg.train.max_minutes
+        return budget is not None and self.elapsed >= budget * 60
+
+    def train_one_epoch(self) -> dict:
+        """One pass over the PK sampler; returns mean loss parts, lr and images/s."""
+        self.model.train()
+        self.loader.sampler.set_epoch(self.epoch)
+        sums: dict[str, float] = {}
+        n_iter = n_img = 0
+        t0 = t_last = time.perf_counter()
+        limit = self.cfg.train.iters_per_epoch
+        bar = tqdm(self.loader, desc=f"epoch {self.epoch + 1}", leave=False, disable=None)
+        for images, pids, _camids, _idx in bar:
+            images, pids = images.to(self.device, non_blocking=True), pids.to(self.device)
+            with autocast(self.device, self.cfg.train.amp):
+                output = self.model.forward_train(images)
+            output = as_float(output)
+            total, parts = self.criterion(output, pids)
+            if not torch.isfinite(total):
+                raise TrainingDiverged(
+                    f"loss became {total.item()} at epoch {self.epoch + 1}, iteration {n_iter + 1} "
+                    f"(parts: {parts}); the last good checkpoint {self.ckpt_path} is kept. "
+                    "Lower optim.lr or turn train.amp off."
+                )
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(total).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            for k, v in parts.items():
+                sums[k] = sums.get(k, 0.0) + v
+            n_iter, n_img = n_iter + 1, n_img + images.shape[0]
+            now = time.perf_counter()
+            self.elapsed, t_last = self.elapsed + now - t_last, now
+            bar.set_postfix(loss=f"{total.item():.3f}", img_s=f"{n_img / (time.perf_counter() - t0):.1f}")
+            if (limit is not None and n_iter >= limit) or self._budget_spent():
+                break
+        seconds = time.perf_counter() - t0
+        record = {k: v / max(n_iter, 1) for k, v in sums.items()}
+        record.update(lr=self.optimizer.param_groups[0]["lr"], images_per_s=n_img / seconds, seconds=seconds)
+        return record
+
+    def evaluate(self) -> dict:
+        """Rank-k, mAP and mINP of the current model on the evaluation dataset."""
+        result = evaluate_model(self.model, self.eval_ds, self.cfg, self.device)
+        return result.as_dict()
+
+    def fit(self) -> dict:
+        """Train to the end (or the budget), evaluate, write ``results.json``; return its content."""
+        cfg = self.cfg.train
+        self.log(f"{self.train_ds}\nrun dir: {self.run_dir}  device: {self.device}")
+        while self.epoch < cfg.max_epochs and not self._budget_spent():
+            record = self.train_one_epoch()
+            self.scheduler.step()
+            self.epoch += 1
+            record.update(epoch=self.epoch, elapsed_minutes=self.elapsed / 60)
+            atomic_save(self._state(), self.ckpt_path)
+            if cfg.eval_every and self.epoch % cfg.eval_every == 0 and self.epoch < cfg.max_epochs:
+                record.update(self.evaluate())
+            self._append_log(record)
+            self.log(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
+        results = {"epochs": self.epoch, "train_minutes": self.elapsed / 60, **self.evaluate()}
+        self._append_log({"final": True, **results})
+        (self.run_dir / "results.json").write_text(json.dumps(results, indent=2))
+        self.log("final: " + json.dumps(results))
+        return results
