@@ -37,6 +37,11 @@ def evaluate_model(model: nn.Module, dataset: ReIDDataset, cfg: Config, device: 
     """
     q = extract_split(model, dataset, "query", cfg, device)
     g = extract_split(model, dataset, "gallery", cfg, device)
+    return evaluate_features(q, g, cfg)
+
+
+def evaluate_features(q: Features, g: Features, cfg: Config):
+    """CMC / mAP / mINP from query and gallery :class:`Features` (see :func:`evaluate_model`)."""
     qf, gf = q.features, g.features
     if cfg.eval.normalize:
         qf, gf = nn.functional.normalize(qf, dim=1), nn.functional.normalize(gf, dim=1)

@@ -48,11 +48,13 @@ def check_features(qf: Tensor, gf: Tensor, metric: str) -> None:
         raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
     for name, features in (("qf", qf), ("gf", gf)):
         if not isinstance(features, Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor (num_{name[0]}, D), got {type(features)}")
+            kind = type(features).__name__
+            raise TypeError(f"{name} must be a torch.Tensor (num_{name[0]}, D), got {kind}")
         if features.dtype == torch.bool or features.is_complex():
             raise TypeError(f"{name} must be a real float or integer tensor, got {features.dtype}")
         if features.ndim != 2:
-            raise ValueError(f"{name} must be 2-D (num_{name[0]}, D), got shape {tuple(features.shape)}")
+            shape = tuple(features.shape)
+            raise ValueError(f"{name} must be 2-D (num_{name[0]}, D), got shape {shape}")
     if qf.shape[1] != gf.shape[1]:
         raise ValueError(
             f"qf and gf must have the same embedding size D, got qf {tuple(qf.shape)} "

@@ -18,7 +18,8 @@ Network (paper Table 1, x1.0, sizes for a 256 x 128 input)::
     conv5       1x1 conv, 512                  16 x 8    stride 16
     head        global average pool -> FC 512 -> BN -> ReLU
 
-Every convolution except the linear ones named below is followed by BN and ReLU.
+Every convolution is followed by BN and ReLU, except three linear ones: the pointwise conv inside
+Lite 3x3 (no BN/ReLU), and an OSBlock's 1x1 expansion and 1x1 shortcut projection (BN only).
 """
 
 from __future__ import annotations
@@ -292,7 +293,18 @@ def _osnet(
     return ReIDModel(backbone, head_module)
 
 
-_FACTORY_ARGS = """
+@register_model
+def osnet_x1_0(
+    num_classes: int = 0,
+    pretrained: bool | str | Path | None = None,
+    head: str = "fc_bn_relu",
+    embedding_dim: int = 512,
+    **kwargs,
+) -> ReIDModel:
+    """OSNet x1.0 (Zhou et al., ICCV 2019) with the paper's FC-BN-ReLU head.
+
+    Size at 256 x 128 (FC-512 head, no classifier): 2.17 M parameters and 978.9 M multiply-adds
+    measured here; the paper gives 2.2 M and 0.98 G.
 
     Args:
         num_classes: training identities for the classifier; 0 builds no classifier.
@@ -305,17 +317,6 @@ _FACTORY_ARGS = """
     Raises:
         ValueError: ``pretrained=True``, a file with no matching key, or an unknown ``head``.
     """
-
-
-@register_model
-def osnet_x1_0(
-    num_classes: int = 0,
-    pretrained: bool | str | Path | None = None,
-    head: str = "fc_bn_relu",
-    embedding_dim: int = 512,
-    **kwargs,
-) -> ReIDModel:
-    """OSNet x1.0 (Zhou et al., ICCV 2019): 2.2 M parameters, 0.98 G multiply-adds at 256 x 128."""
     return _osnet(1.0, num_classes, pretrained, head, embedding_dim, **kwargs)
 
 
@@ -327,7 +328,10 @@ def osnet_x0_75(
     embedding_dim: int = 512,
     **kwargs,
 ) -> ReIDModel:
-    """OSNet x0.75 (Zhou et al., ICCV 2019): 1.3 M parameters, 0.57 G multiply-adds at 256 x 128."""
+    """OSNet x0.75; arguments as for :func:`osnet_x1_0`.
+
+    Measured at 256 x 128: 1.29 M parameters (FC-512 head), 571.8 M multiply-adds.
+    """
     return _osnet(0.75, num_classes, pretrained, head, embedding_dim, **kwargs)
 
 
@@ -339,7 +343,10 @@ def osnet_x0_5(
     embedding_dim: int = 512,
     **kwargs,
 ) -> ReIDModel:
-    """OSNet x0.5 (Zhou et al., ICCV 2019): 0.6 M parameters, 0.27 G multiply-adds at 256 x 128."""
+    """OSNet x0.5; arguments as for :func:`osnet_x1_0`.
+
+    Measured at 256 x 128: 0.63 M parameters (FC-512 head), 272.9 M multiply-adds.
+    """
     return _osnet(0.5, num_classes, pretrained, head, embedding_dim, **kwargs)
 
 
@@ -351,10 +358,9 @@ def osnet_x0_25(
     embedding_dim: int = 512,
     **kwargs,
 ) -> ReIDModel:
-    """OSNet x0.25 (Zhou et al., ICCV 2019): 0.2 M parameters, 0.08 G multiply-adds at 256 x 128."""
+    """OSNet x0.25; arguments as for :func:`osnet_x1_0`.
+
+    Measured at 256 x 128: 0.20 M parameters (FC-512 head), 82.3 M multiply-adds; the paper
+    gives 0.2 M and 0.08 G.
+    """
     return _osnet(0.25, num_classes, pretrained, head, embedding_dim, **kwargs)
-
-
-for _fn in (osnet_x1_0, osnet_x0_75, osnet_x0_5, osnet_x0_25):  # the four share one Args section
-    _fn.__doc__ += _FACTORY_ARGS
-del _fn

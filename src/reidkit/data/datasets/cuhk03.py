@@ -65,7 +65,9 @@ def _indices(mat: dict, key: str, size: int, path: str) -> np.ndarray:
     idx = np.asarray(mat[key]).ravel().astype(np.int64)
     bad = idx[(idx < 1) | (idx > size)]
     if bad.size:
-        raise DatasetError(f"cuhk03: {path}: {key} holds {int(bad[0])}; expected 1-based rows 1..{size}")
+        raise DatasetError(
+            f"cuhk03: {path}: {key} holds {int(bad[0])}; expected 1-based rows 1..{size}"
+        )
     return idx - 1
 
 
@@ -145,7 +147,8 @@ def extract_images(mat_path: str, variant: str, out_dir: str) -> int:
             cells = mat[pair_ref][()].T  # (num_persons, 10) object references
             for person, row in enumerate(cells, start=1):
                 for column, ref in enumerate(row, start=1):
-                    written += _extract_one(mat, ref, os.path.join(out_dir, image_name(pair, person, column)))
+                    path = os.path.join(out_dir, image_name(pair, person, column))
+                    written += _extract_one(mat, ref, path)
     return written
 
 
@@ -211,8 +214,8 @@ def cuhk03(root: str | os.PathLike | None = None, variant: str = "detected") -> 
     names, labels, index = read_protocol(split_path)
     img_dir = _ensure_images(folder, variant, names)
     lists = {
-        split: [Sample(os.path.join(img_dir, names[i]), int(labels[i]), _camid(names[i], split_path))
-                for i in rows]
+        split: [Sample(os.path.join(img_dir, names[i]), int(labels[i]),
+                       _camid(names[i], split_path)) for i in rows]
         for split, rows in index.items()
     }
     return ReIDDataset(lists["train"], lists["query"], lists["gallery"], name=f"cuhk03-{variant}")

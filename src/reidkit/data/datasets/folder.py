@@ -43,7 +43,8 @@ def find_images(folder: str) -> list[str]:
     found = []
     for dirpath, dirnames, filenames in os.walk(folder):
         dirnames.sort()
-        found += [os.path.join(dirpath, f) for f in filenames if f.lower().endswith(IMAGE_EXTENSIONS)]
+        found += [os.path.join(dirpath, f) for f in filenames
+                  if f.lower().endswith(IMAGE_EXTENSIONS)]
     return sorted(found)
 
 
@@ -56,7 +57,9 @@ def compile_pattern(pattern: str) -> re.Pattern:
     try:
         regex = re.compile(pattern)
     except re.error as err:
-        raise DatasetError(f"folder: pattern {pattern!r} is not a regular expression: {err}") from None
+        raise DatasetError(
+            f"folder: pattern {pattern!r} is not a regular expression: {err}"
+        ) from None
     missing = {"pid", "camid"} - set(regex.groupindex)
     if missing:
         raise DatasetError(f"folder: pattern {pattern!r} lacks named group(s) {sorted(missing)}")
@@ -197,7 +200,8 @@ def folder(
         raise DatasetError(f"folder: mode={mode!r}; expected one of {_MODES}")
     root = os.fspath(root)
     regex = compile_pattern(pattern)
-    parse = partial(parse_names, regex=regex, camid_base=camid_base, ignore_unmatched=ignore_unmatched)
+    parse = partial(parse_names, regex=regex, camid_base=camid_base,
+                    ignore_unmatched=ignore_unmatched)
     if mode == "auto":
         has_eval = any(os.path.isdir(os.path.join(root, d)) for d in ("query", "gallery"))
         mode = "splits" if has_eval else "single"
@@ -248,11 +252,15 @@ def read_manifest(manifest: str, camid_base: int = 0) -> dict[str, list[Sample]]
         missing = [c for c in _CSV_REQUIRED if c not in header]
         unknown = [c for c in header if c not in _CSV_REQUIRED + ("split",)]
         if missing or unknown:
-            raise DatasetError(f"csv: {manifest}:1: header {header}; expected path,pid,camid[,split]")
+            raise DatasetError(
+                f"csv: {manifest}:1: header {header}; expected path,pid,camid[,split]"
+            )
         reader.fieldnames = header
         for row in reader:
             if None in row or any(v is None for v in row.values()):
-                raise DatasetError(f"csv: {manifest}:{reader.line_num}: expected {len(header)} fields")
+                raise DatasetError(
+                    f"csv: {manifest}:{reader.line_num}: expected {len(header)} fields"
+                )
             split, sample = _csv_row(row, manifest, reader.line_num, base_dir, camid_base)
             out[split].append(sample)
     return out
@@ -282,7 +290,9 @@ def csv_manifest(root: str | os.PathLike | None = None, path: str | os.PathLike 
     splits = read_manifest(os.fspath(manifest), camid_base)
     if bool(splits["query"]) != bool(splits["gallery"]):
         empty = "query" if not splits["query"] else "gallery"
-        raise DatasetError(f"csv: {manifest}: no {empty} row, but the other evaluation split has rows")
+        raise DatasetError(
+            f"csv: {manifest}: no {empty} row, but the other evaluation split has rows"
+        )
     train_only = not splits["query"]
     return ReIDDataset(splits["train"], splits["query"], splits["gallery"], name="csv",
                        allow_empty_eval=train_only)

@@ -98,6 +98,7 @@ def market1501(root: str | os.PathLike | None = None) -> ReIDDataset:
     Raises:
         DatasetError: the folders are missing, a file name does not parse, or a split is empty.
     """
-    subs = ("Market-1501-v15.09.15", "market1501", os.path.join("market1501", "Market-1501-v15.09.15"))
+    release = "Market-1501-v15.09.15"
+    subs = (release, "market1501", os.path.join("market1501", release))
     folder = find_layout(root, subs, MARKET_SPLITS, "market1501")
     return load_market_style(folder, "market1501")

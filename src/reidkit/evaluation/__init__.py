@@ -1,0 +1,23 @@
+"""Evaluation: query-gallery distances and ranking metrics (CMC, mAP, mINP).
+
+``evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids)`` follows the Market-1501 protocol
+(Zheng et al. 2015); ``evaluate_rank_from_features`` does the same from embeddings without ever
+holding the full distance matrix.
+"""
+
+from reidkit.evaluation.distance import METRICS, compute_distance_matrix
+from reidkit.evaluation.rank import (
+    RankResult,
+    auto_block_size,
+    evaluate_rank,
+    evaluate_rank_from_features,
+)
+
+__all__ = [
+    "METRICS",
+    "RankResult",
+    "auto_block_size",
+    "compute_distance_matrix",
+    "evaluate_rank",
+    "evaluate_rank_from_features",
+]

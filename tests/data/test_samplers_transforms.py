@@ -1,0 +1,54 @@
+from collections import Counter
+
+import pytest
+import torch
+from PIL import Image
+
+from reidkit.data.samplers import PKSampler
+from reidkit.data.transforms import TransformConfig, build_transforms
+
+
+def test_pk_batches_hold_p_identities_k_each():
+    pids = [0] * 10 + [1] * 2 + [2] * 5 + [3] * 7 + [4] * 1 + [5] * 4
+    sampler = PKSampler(pids, num_pids_per_batch=3, num_instances=4, seed=1)
+    order = list(sampler)
+    assert len(order) == len(sampler) == 2 * 12  # 6 ids // P=3 -> 2 batches
+    for b in range(2):
+        batch = order[b * 12 : (b + 1) * 12]
+        counts = Counter(pids[i] for i in batch)
+        assert len(counts) == 3 and set(counts.values()) == {4}
+    # every identity used exactly once per epoch
+    assert sorted(Counter(pids[i] for i in order)) == [0, 1, 2, 3, 4, 5]
+
+
+def test_pk_without_replacement_when_enough_images():
+    pids = [0] * 8 + [1] * 8
+    order = list(PKSampler(pids, 2, 4, seed=0))
+    assert len(set(order)) == len(order)
+
+
+def test_pk_seeded_and_epoch_dependent():
+    pids = [i // 4 for i in range(40)]
+    a, b = PKSampler(pids, 2, 4, seed=5), PKSampler(pids, 2, 4, seed=5)
+    assert list(a) == list(b)
+    a.set_epoch(1)
+    assert list(a) != list(b)
+
+
+def test_pk_errors():
+    with pytest.raises(ValueError, match="at least P=4"):
+        PKSampler([0, 1, 2], 4, 2)
+    with pytest.raises(ValueError, match="num_instances=0"):
+        PKSampler([0, 1], 1, 0)
+
+
+def test_transforms_shapes_and_normalisation():
+    img = Image.new("RGB", (60, 160), (124, 116, 104))  # ~ImageNet mean colour
+    cfg = TransformConfig(height=64, width=32)
+    test_t = build_transforms(cfg, train=False)
+    x = test_t(img)
+    assert x.shape == (3, 64, 32) and x.dtype == torch.float32
+    expected = (torch.tensor([124, 116, 104]) / 255 - torch.tensor(cfg.mean)) / torch.tensor(cfg.std)
+    torch.testing.assert_close(x[:, 10, 10], expected.float(), atol=1e-3, rtol=0)
+    torch.manual_seed(0)
+    assert build_transforms(cfg, train=True)(img).shape == (3, 64, 32)

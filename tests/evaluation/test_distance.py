@@ -1,0 +1,78 @@
+"""compute_distance_matrix against plain double loops and torch's cosine similarity."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from reidkit.evaluation import METRICS, compute_distance_matrix
+
+
+def loop_squared_euclidean(qf: torch.Tensor, gf: torch.Tensor) -> list[list[float]]:
+    q_rows, g_rows = qf.double().tolist(), gf.double().tolist()
+    return [[sum((a - b) ** 2 for a, b in zip(q, g)) for g in g_rows] for q in q_rows]
+
+
+@pytest.fixture
+def features() -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(0)
+    return torch.randn(5, 7, generator=generator), torch.randn(9, 7, generator=generator)
+
+
+def test_euclidean_matches_double_loop(features):
+    qf, gf = features
+    expected = [[math.sqrt(s) for s in row] for row in loop_squared_euclidean(qf, gf)]
+    dist = compute_distance_matrix(qf, gf, "euclidean")
+    assert dist.dtype == torch.float32 and dist.shape == (5, 9)
+    torch.testing.assert_close(dist.double(), torch.tensor(expected, dtype=torch.float64), rtol=1e-5, atol=1e-5)
+
+
+def test_sqeuclidean_matches_double_loop(features):
+    qf, gf = features
+    dist = compute_distance_matrix(qf.double(), gf.double(), "sqeuclidean")  # cast to float32
+    assert dist.dtype == torch.float32
+    expected = torch.tensor(loop_squared_euclidean(qf, gf), dtype=torch.float64)
+    torch.testing.assert_close(dist.double(), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_cosine_is_one_minus_torch_cosine_similarity(features):
+    qf, gf = features
+    similarity = F.cosine_similarity(qf[:, None, :], gf[None, :, :], dim=2)  # (M, N)
+    torch.testing.assert_close(compute_distance_matrix(qf, gf, "cosine"), 1 - similarity)
+
+
+def test_identical_rows_give_zero_not_nan():
+    qf = torch.full((3, 16), 1e3) + torch.arange(3.0)[:, None]
+    dist = compute_distance_matrix(qf, qf, "euclidean")
+    assert not dist.isnan().any()
+    torch.testing.assert_close(dist.diagonal(), torch.zeros(3), rtol=0, atol=1e-2)
+    assert (compute_distance_matrix(qf, qf, "sqeuclidean") >= 0).all()
+
+
+def test_integer_features_are_accepted():
+    qf, gf = torch.tensor([[0, 3]]), torch.tensor([[4, 0], [0, 3]])
+    dist = compute_distance_matrix(qf, gf)
+    torch.testing.assert_close(dist, torch.tensor([[5.0, 0.0]]))
+
+
+@pytest.mark.parametrize(
+    ("qf", "gf", "metric", "error", "message"),
+    [
+        (torch.zeros(2, 3), torch.zeros(4, 5), "euclidean", ValueError, "same embedding size D"),
+        (torch.zeros(3), torch.zeros(4, 3), "euclidean", ValueError, r"qf must be 2-D"),
+        (torch.zeros(2, 3), torch.zeros(1, 4, 3), "cosine", ValueError, r"gf must be 2-D"),
+        (torch.zeros(2, 3), torch.zeros(4, 3), "l1", ValueError, "euclidean.*sqeuclidean.*cosine"),
+        ([[0.0, 1.0]], torch.zeros(4, 2), "euclidean", TypeError, "qf must be a torch.Tensor"),
+        (torch.zeros(2, 3, dtype=torch.bool), torch.zeros(4, 3), "cosine", TypeError, "real"),
+    ],
+)
+def test_bad_inputs_raise(qf, gf, metric, error, message):
+    with pytest.raises(error, match=message):
+        compute_distance_matrix(qf, gf, metric)
+
+
+def test_metrics_lists_the_valid_names():
+    assert METRICS == ("euclidean", "sqeuclidean", "cosine")

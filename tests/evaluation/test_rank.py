@@ -1,0 +1,237 @@
+"""evaluate_rank against a plain per-query loop, a hand-worked example, and bad inputs."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from reidkit.evaluation import (
+    RankResult,
+    auto_block_size,
+    compute_distance_matrix,
+    evaluate_rank,
+    evaluate_rank_from_features,
+)
+
+
+def reference_evaluate(distmat, q_pids, g_pids, q_camids, g_camids, max_rank):
+    """Market-1501 protocol written as plainly as possible, one query at a time."""
+    num_query, num_gallery = distmat.shape
+    cmc_counts = [0] * max_rank
+    aps, inps, skipped = [], [], 0
+    for q in range(num_query):
+        ranked = sorted(range(num_gallery), key=lambda g: (float(distmat[q][g]), g))
+        kept = [
+            g
+            for g in ranked
+            if g_pids[g] != -1 and not (g_pids[g] == q_pids[q] and g_camids[g] == q_camids[q])
+        ]
+        hit_ranks = [rank for rank, g in enumerate(kept, start=1) if g_pids[g] == q_pids[q]]
+        if not hit_ranks:
+            skipped += 1
+            continue
+        for k in range(hit_ranks[0], max_rank + 1):
+            cmc_counts[k - 1] += 1
+        aps.append(sum(n / rank for n, rank in enumerate(hit_ranks, start=1)) / len(hit_ranks))
+        inps.append(len(hit_ranks) / hit_ranks[-1])
+    num_valid = len(aps)
+    cmc = [count / num_valid for count in cmc_counts]
+    return cmc, sum(aps) / num_valid, sum(inps) / num_valid, num_valid, skipped
+
+
+def random_problem(seed: int, num_query: int = 30, num_gallery: int = 80):
+    """Many distance ties, junk (-1) and distractor (0) pids, same-camera items, and queries
+    whose identity is absent from the gallery (pid 9) or only seen by their own camera."""
+    rng = np.random.default_rng(seed)
+    distmat = (rng.integers(0, 4, size=(num_query, num_gallery)) / 2).astype(np.float32)
+    g_pids = rng.integers(-1, 6, size=num_gallery)
+    g_camids = rng.integers(0, 3, size=num_gallery)
+    q_pids = rng.integers(1, 10, size=num_query)
+    q_camids = rng.integers(0, 3, size=num_query)
+    g_camids[g_pids == 5] = 0  # pid 5 is only seen by camera 0
+    return distmat, q_pids, g_pids, q_camids, g_camids
+
+
+def quietly(function, *args, **kwargs):
+    """Call without the expected "skipped queries" warning."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return function(*args, **kwargs)
+
+
+def assert_matches_reference(result: RankResult, expected) -> None:
+    cmc, mAP, mINP, num_valid, num_skipped = expected
+    np.testing.assert_allclose(result.cmc, cmc, rtol=0, atol=1e-12)
+    assert result.mAP == pytest.approx(mAP, abs=1e-12)
+    assert result.mINP == pytest.approx(mINP, abs=1e-12)
+    assert (result.num_valid_queries, result.num_skipped_queries) == (num_valid, num_skipped)
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("block_size", [1, 7, None])
+def test_matches_plain_loop_on_random_inputs(seed, block_size):
+    problem = random_problem(seed)
+    expected = reference_evaluate(*problem, max_rank=20)
+    assert expected[4] > 0, "the generator should produce queries without a valid match"
+    result = quietly(evaluate_rank, *problem, max_rank=20, block_size=block_size)
+    assert_matches_reference(result, expected)
+
+
+def test_torch_inputs_and_float64_give_the_same_result():
+    problem = random_problem(11)
+    expected = quietly(evaluate_rank, *problem, max_rank=10)
+    as_torch = [torch.from_numpy(np.asarray(x)) for x in problem]
+    as_torch[0] = as_torch[0].double()
+    result = quietly(evaluate_rank, *as_torch, max_rank=10, block_size=4)
+    assert_matches_reference(result, reference_evaluate(*problem, max_rank=10))
+    np.testing.assert_array_equal(result.cmc, expected.cmc)
+
+
+def hand_example():
+    """Three queries, six gallery items.
+
+    gallery   g0       g1       g2       g3        g4       g5
+    pid/cam   1/cam0   0/cam1   1/cam1   -1/cam2   2/cam0   1/cam2
+    qA (pid 1, cam 0) 0.1      0.2      0.5      0.3       0.5      0.9
+    qB (pid 2, cam 1) 0.4      0.4      0.4      0.0       0.4      0.8
+    qC (pid 3, cam 0) no pid 3 in the gallery -> skipped
+
+    qA: order by (distance, index) = g0 g1 g3 g2 g4 g5; drop g0 (same pid, same cam) and g3
+        (junk) -> kept g1 g2 g4 g5 with ranks 1..4; hits g2 (rank 2), g5 (rank 4).
+        AP = (1/2 + 2/4) / 2 = 0.5; INP = 2 / 4 = 0.5; first hit at rank 2.
+    qB: order = g3 g0 g1 g2 g4 g5 (the tie at 0.4 keeps index order); drop g3 -> kept g0 g1
+        g2 g4 g5; one hit g4 at rank 4. AP = 1/4; INP = 1/4; first hit at rank 4.
+    CMC over the 2 valid queries: rank1 0, rank2 1/2, rank3 1/2, rank4 1, rank5 1.
+    mAP = (0.5 + 0.25) / 2 = 0.375; mINP = (0.5 + 0.25) / 2 = 0.375.
+    """
+    distmat = np.array(
+        [
+            [0.1, 0.2, 0.5, 0.3, 0.5, 0.9],
+            [0.4, 0.4, 0.4, 0.0, 0.4, 0.8],
+            [0.3, 0.1, 0.2, 0.6, 0.5, 0.4],
+        ],
+        dtype=np.float32,
+    )
+    return distmat, np.array([1, 2, 3]), np.array([1, 0, 1, -1, 2, 1]), np.array([0, 1, 0]), (
+        np.array([0, 1, 1, 2, 0, 2])
+    )
+
+
+def test_hand_computed_example():
+    with pytest.warns(UserWarning, match="1 queries have no correct match"):
+        result = evaluate_rank(*hand_example(), max_rank=5)
+    np.testing.assert_allclose(result.cmc, [0, 0.5, 0.5, 1, 1])
+    assert result.mAP == pytest.approx(0.375)
+    assert result.mINP == pytest.approx(0.375)
+    assert (result.num_valid_queries, result.num_skipped_queries) == (2, 1)
+    assert result.rank(2) == 0.5
+    assert result.as_dict() == pytest.approx({"rank1": 0.0, "rank5": 1.0, "mAP": 0.375, "mINP": 0.375})
+
+
+def test_short_gallery_pads_cmc_with_its_last_value_and_warns():
+    with pytest.warns(UserWarning, match="num_gallery"):
+        result = quietly_except_gallery(hand_example())
+    np.testing.assert_allclose(result.cmc, [0, 0.5, 0.5, 1, 1, 1, 1, 1, 1, 1])
+    assert set(result.as_dict()) == {"rank1", "rank5", "rank10", "mAP", "mINP"}
+
+
+def quietly_except_gallery(problem):
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*no correct match")
+        return evaluate_rank(*problem, max_rank=10)
+
+
+def test_result_is_frozen_and_rank_checks_k():
+    result = quietly(evaluate_rank, *hand_example(), max_rank=5)
+    with pytest.raises(AttributeError):
+        result.mAP = 1.0
+    with pytest.raises(ValueError):
+        result.cmc[0] = 1.0
+    with pytest.raises(ValueError, match=r"k must be in \[1, 5\]"):
+        result.rank(6)
+
+
+def test_all_queries_skipped_raises():
+    distmat, q_pids, g_pids, q_camids, g_camids = hand_example()
+    with pytest.raises(ValueError, match="no query has a correct match"):
+        evaluate_rank(distmat, q_pids + 100, g_pids, q_camids, g_camids, max_rank=5)
+
+
+@pytest.mark.parametrize(
+    ("change", "error", "message"),
+    [
+        (lambda p: (p[0][0],) + p[1:], ValueError, "distmat must be 2-D"),
+        (lambda p: (p[0].tolist(),) + p[1:], TypeError, "distmat must be a numpy array"),
+        (lambda p: (p[0] > 0,) + p[1:], TypeError, "distmat must hold real"),
+        (lambda p: (p[0][:, :0],) + p[1:], ValueError, "at least one query and one gallery"),
+        (lambda p: (p[0], p[1][:2]) + p[2:], ValueError, r"q_pids must have shape \(num_query,\)"),
+        (lambda p: p[:2] + (p[2][:-1],) + p[3:], ValueError, r"g_pids must have shape"),
+        (lambda p: p[:4] + (p[4][:, None],), ValueError, r"g_camids must have shape"),
+        (lambda p: p[:3] + (p[3] + 0.5,) + p[4:], TypeError, "q_camids must hold integers"),
+    ],
+)
+def test_bad_inputs_raise(change, error, message):
+    with pytest.raises(error, match=message):
+        evaluate_rank(*change(hand_example()), max_rank=5)
+
+
+def test_nan_and_bad_parameters_raise():
+    distmat, *labels = hand_example()
+    distmat[1, 2] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        quietly(evaluate_rank, distmat, *labels, max_rank=5)
+    with pytest.raises(ValueError, match="max_rank"):
+        evaluate_rank(*hand_example(), max_rank=0)
+    with pytest.raises(ValueError, match="block_size"):
+        evaluate_rank(*hand_example(), max_rank=5, block_size=0)
+
+
+def test_auto_block_size_stays_within_budget():
+    num_gallery = 82_161  # MSMT17
+    rows = auto_block_size(num_gallery)
+    assert 1 <= rows and rows * num_gallery * 32 <= 256 * 2**20
+    assert auto_block_size(10**12) == 1
+
+
+@pytest.mark.parametrize("block_size", [1, 5, None])
+@pytest.mark.parametrize("metric", ["euclidean", "sqeuclidean"])
+def test_from_features_equals_full_matrix_exactly(metric, block_size):
+    # Small integer features make every distance exact, so blocking cannot change any tie.
+    rng = np.random.default_rng(3)
+    qf = torch.from_numpy(rng.integers(-2, 3, size=(23, 4)).astype(np.float32))
+    gf = torch.from_numpy(rng.integers(-2, 3, size=(50, 4)).astype(np.float32))
+    _, q_pids, g_pids, q_camids, g_camids = random_problem(5, num_query=23, num_gallery=50)
+    labels = (q_pids, g_pids, q_camids, g_camids)
+    full = quietly(evaluate_rank, compute_distance_matrix(qf, gf, metric), *labels, max_rank=20)
+    blocked = quietly(
+        evaluate_rank_from_features, qf, gf, *labels, metric=metric, max_rank=20, block_size=block_size
+    )
+    np.testing.assert_array_equal(blocked.cmc, full.cmc)
+    assert (blocked.mAP, blocked.mINP) == (full.mAP, full.mINP)
+    assert blocked.num_skipped_queries == full.num_skipped_queries
+
+
+def test_from_features_cosine_matches_full_matrix_and_reference():
+    rng = np.random.default_rng(4)
+    qf, gf = rng.normal(size=(20, 8)), rng.normal(size=(40, 8))  # numpy float64 is accepted
+    _, q_pids, g_pids, q_camids, g_camids = random_problem(6, num_query=20, num_gallery=40)
+    labels = (q_pids, g_pids, q_camids, g_camids)
+    blocked = quietly(
+        evaluate_rank_from_features, qf, gf, *labels, metric="cosine", max_rank=10, block_size=3
+    )
+    distmat = compute_distance_matrix(torch.from_numpy(qf), torch.from_numpy(gf), "cosine")
+    assert_matches_reference(blocked, reference_evaluate(distmat.numpy(), *labels, max_rank=10))
+
+
+def test_from_features_bad_inputs_raise():
+    _, q_pids, g_pids, q_camids, g_camids = hand_example()
+    qf, gf = torch.zeros(3, 4), torch.zeros(6, 4)
+    with pytest.raises(ValueError, match="same embedding size D"):
+        evaluate_rank_from_features(qf, gf[:, :3], q_pids, g_pids, q_camids, g_camids)
+    with pytest.raises(ValueError, match="metric must be one of"):
+        evaluate_rank_from_features(qf, gf, q_pids, g_pids, q_camids, g_camids, metric="l1")
+    with pytest.raises(ValueError, match=r"g_pids must have shape \(num_gallery,\)"):
+        evaluate_rank_from_features(qf, gf[:5], q_pids, g_pids, q_camids, g_camids)
