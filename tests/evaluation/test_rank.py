@@ -90,6 +90,19 @@ def test_torch_inputs_and_float64_give_the_same_result():
     np.testing.assert_array_equal(result.cmc, expected.cmc)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int32])
+def test_signed_zeros_negatives_and_infinities_are_ordered_like_the_reference(dtype):
+    distmat, q_pids, g_pids, q_camids, g_camids = random_problem(7)
+    values = np.array([-np.inf, -2.5, -0.0, 0.0, 1e-30, 3.0, np.inf])
+    if dtype == np.int32:
+        values = np.array([-7, -2, 0, 0, 1, 3, 9])
+    rng = np.random.default_rng(7)
+    distmat = values[rng.integers(0, len(values), size=distmat.shape)].astype(dtype)
+    problem = (distmat, q_pids, g_pids, q_camids, g_camids)
+    result = quietly(evaluate_rank, *problem, max_rank=20, block_size=8)
+    assert_matches_reference(result, reference_evaluate(*problem, max_rank=20))
+
+
 def hand_example():
     """Three queries, six gallery items.
 

@@ -46,7 +46,7 @@ class _Recorder(MetricLoss):
 
 def test_total_is_weighted_sum_of_independent_parts():
     out = _output()
-    combined = CombinedLoss({"ce": (0.5, CrossEntropyLoss(0.1)), "triplet": (2.0, TripletLoss(0.3))})
+    combined = CombinedLoss({"ce": (0.5, CrossEntropyLoss()), "triplet": (2.0, TripletLoss())})
     result = combined(out, LABELS)
     ce = CrossEntropyLoss(0.1)(out.logits, LABELS).item()
     tri = TripletLoss(0.3)(out.feature, LABELS).item()

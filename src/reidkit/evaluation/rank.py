@@ -14,9 +14,9 @@ remaining items, ordered by distance (smaller is closer) with ties broken by gal
 mAP and mINP average over the *valid* queries, those with at least one correct match; the others
 are skipped and counted.
 
-Queries are processed in blocks of rows: each block is sorted once (stable sort, so equal
-distances keep gallery-index order) and all metrics come from the positions of the correct
-matches in it, with no per-query Python loop.
+Queries are processed in blocks of rows: each block is sorted once by (distance, gallery index),
+so ties are broken deterministically as a stable sort would, and all metrics come from the
+positions of the correct matches, with no per-query Python loop.
 """
 
 from __future__ import annotations
@@ -35,9 +35,10 @@ from reidkit.evaluation.distance import check_features, compute_distance_matrix
 ArrayLike = Union[np.ndarray, Tensor]
 
 JUNK_PID = -1
+_DROPPED, _KEPT, _HIT = 0, 1, 2  # status of a gallery item for a query
 MEMORY_BUDGET_BYTES = 256 * 2**20
 """Extra memory the automatic ``block_size`` aims for (bytes), excluding the caller's distmat."""
-_BYTES_PER_ENTRY = 32  # int64 sort order + sorted values + bool masks + int32 ranks, per entry
+_BYTES_PER_ENTRY = 32  # int64 sort keys + their int32 source + bool / uint8 masks, per entry
 _REPORTED_RANKS = (1, 5, 10, 20)
 
 
@@ -229,18 +230,48 @@ def _score_block(dist: Tensor, labels: _Labels, rows: slice) -> _QueryScores:
 def _hit_ranks(dist: Tensor, labels: _Labels, rows: slice) -> tuple[np.ndarray, np.ndarray]:
     """Block row and 1-based rank among kept gallery items of every correct match.
 
-    ``dist: (b, G)``. Returns two ``(num_hits,)`` int arrays, grouped by row and, within a row,
+    ``dist: (b, G)``. Returns two ``(num_hits,)`` int64 arrays, grouped by row and, within a row,
     in increasing rank.
     """
-    q_pids, q_camids = labels.q_pids[rows, None], labels.q_camids[rows, None]  # (b, 1)
-    same_pid = q_pids == labels.g_pids  # (b, G) bool
-    keep = ~(same_pid & (q_camids == labels.g_camids)) & (labels.g_pids != JUNK_PID)
-    order = torch.sort(dist, dim=1, stable=True).indices.numpy()  # (b, G) int64, closest first
-    keep_sorted = np.take_along_axis(keep, order, axis=1)  # (b, G) bool
-    hit_sorted = np.take_along_axis(same_pid & keep, order, axis=1)  # (b, G) bool
-    rank_among_kept = np.cumsum(keep_sorted, axis=1, dtype=np.int32)  # (b, G), 1-based at kept
-    hit_rows, hit_cols = np.nonzero(hit_sorted)  # row-major: grouped by row, columns increasing
-    return hit_rows, rank_among_kept[hit_rows, hit_cols]
+    status = np.take_along_axis(_gallery_status(labels, rows), _closest_first(dist), axis=1)
+    num_gallery = status.shape[1]
+    hits = np.flatnonzero(status == _HIT)  # row-major flat positions: by row, then by position
+    dropped = np.flatnonzero(status == _DROPPED)
+    hit_rows, hit_positions = np.divmod(hits, num_gallery)
+    row_starts = hit_rows * num_gallery
+    dropped_above = np.searchsorted(dropped, hits) - np.searchsorted(dropped, row_starts)
+    return hit_rows, hit_positions + 1 - dropped_above
+
+
+def _gallery_status(labels: _Labels, rows: slice) -> np.ndarray:
+    """``(b, G)`` uint8 in gallery order: _DROPPED (same pid and camid, or junk), _KEPT or _HIT."""
+    same_pid = labels.q_pids[rows, None] == labels.g_pids  # (b, G) bool
+    same_cam = labels.q_camids[rows, None] == labels.g_camids  # (b, G) bool
+    keep = ~(same_pid & same_cam) & (labels.g_pids != JUNK_PID)
+    return keep.view(np.uint8) + (same_pid & keep).view(np.uint8)
+
+
+def _closest_first(dist: Tensor) -> np.ndarray:
+    """``(b, G)`` int64 gallery indices of each row of ``dist: (b, G)`` by (distance, index)."""
+    if dist.dtype == torch.float32 and dist.shape[1] < 2**32:
+        return _sort_packed_keys(dist.numpy())
+    return torch.sort(dist, dim=1, stable=True).indices.numpy()
+
+
+def _sort_packed_keys(dist: np.ndarray) -> np.ndarray:
+    """Stable argsort of float32 rows, done as a plain sort of distinct int64 keys (~2x faster).
+
+    Key = (the float's bits mapped to an int32 of the same order) << 32 | gallery index. The
+    mapping flips the magnitude bits of negative floats, after turning -0.0 into +0.0 (they
+    compare equal). All keys differ, so any sort yields the (distance, index) order.
+    """
+    bits = (dist + np.float32(0)).view(np.int32)  # (b, G) new array; -0.0 + 0 = +0.0
+    bits ^= (bits >> 31) & np.int32(0x7FFFFFFF)  # now ordered like the floats
+    keys = bits.astype(np.int64) << 32  # (b, G)
+    keys |= np.arange(dist.shape[1], dtype=np.int64)
+    keys.sort(axis=1)
+    keys &= 0xFFFFFFFF  # back to gallery indices
+    return keys
 
 
 def _query_scores(hit_rows: np.ndarray, hit_ranks: np.ndarray, num_rows: int) -> _QueryScores:

@@ -96,7 +96,8 @@ def check_batch(x: Tensor, labels: Tensor, name: str, min_batch: int) -> None:
     if x.dim() != 2 or not x.is_floating_point():
         raise ValueError(f"{name} must be a (B, C) floating tensor, got {tuple(x.shape)} {x.dtype}")
     if labels.dim() != 1 or labels.dtype not in _INTEGER_DTYPES:
-        raise ValueError(f"labels must be a (B,) integer tensor, got {tuple(labels.shape)} {labels.dtype}")
+        got = f"{tuple(labels.shape)} {labels.dtype}"
+        raise ValueError(f"labels must be a (B,) integer tensor, got {got}")
     if labels.shape[0] != x.shape[0]:
         raise ValueError(f"labels has {labels.shape[0]} entries but {name} has B={x.shape[0]} rows")
     if x.shape[0] < min_batch:

@@ -12,7 +12,10 @@ from torch.nn import functional as F
 
 
 class Distance(nn.Module):
-    """Base class of pairwise distances (smaller is closer); subclasses implement :meth:`compute`."""
+    """Base class of pairwise distances, smaller is closer; subclasses implement :meth:`compute`.
+
+    Call as ``distance(x, y)`` or ``distance(x)``: see :meth:`forward`.
+    """
 
     def forward(self, x: Tensor, y: Tensor | None = None) -> Tensor:
         """Distance matrix between the rows of ``x`` and the rows of ``y``.
@@ -25,7 +28,8 @@ class Distance(nn.Module):
             ``(M, N)`` distances, smaller is closer.
 
         Raises:
-            ValueError: ``x`` or ``y`` is not a 2-D floating tensor, or their ``D`` or dtypes differ.
+            ValueError: ``x`` or ``y`` is not a 2-D floating tensor, or their ``D`` or dtype
+                differ.
         """
         y = x if y is None else y
         _check_vectors(x, "x")

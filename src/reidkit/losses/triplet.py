@@ -112,7 +112,7 @@ class BatchAllMiner(TripletMiner):
         self.average = average
 
     def mine(self, distmat: Tensor, labels: Tensor) -> Triplets:
-        """``distmat: (B, B)``, ``labels: (B,)`` -> every ``(a, p, n)`` with valid ``p`` and ``n``."""
+        """``distmat: (B, B)``, ``labels: (B,)`` -> every ``(a, p, n)`` with valid ``p``, ``n``."""
         positive, negative = pair_masks(labels)
         valid = positive[:, :, None] & negative[:, None, :]  # (B, B, B) over (a, p, n)
         return Triplets(*valid.nonzero(as_tuple=True))

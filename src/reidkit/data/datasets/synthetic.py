@@ -36,6 +36,7 @@ _KEY = re.compile(r"^synthetic://(\d+)/(\d+)/(\d+)/(\d+)$")
 _SS = 2  # supersampling factor: figures are drawn at 2x and box-filtered down (anti-aliasing)
 # Tags ending the seed lists of the non-image random streams (the image stream has 4 entries).
 _IDENTITY, _CAMERA, _TWIN, _DISTRACTOR, _QUERY, _MUTATION = 1, 2, 3, 4, 5, 6
+RGB = tuple[int, int, int]  # 0-255 colour
 
 _CLOTHES = np.array([  # RGB; dark and neutral colours first and most frequent, as in street scenes
     (28, 28, 32), (70, 70, 76), (40, 44, 92), (132, 132, 138), (222, 222, 215), (110, 76, 48),
@@ -55,32 +56,32 @@ _BOTTOMS = {"long": 1.0, "capri": 0.7, "shorts": 0.38, "skirt": 0.0}  # trouser 
 class Identity:
     """What a person wears and carries; colours are RGB ``int`` triples, sizes fractions."""
 
-    skin: tuple
-    hair: tuple
+    skin: RGB
+    hair: RGB
     long_hair: bool
     height: float  # fraction of the camera's person height
     build: float  # width multiplier
     head: float  # head size multiplier
     legs: float  # leg length, fraction of body height
-    top: tuple
+    top: RGB
     pattern: str
-    top2: tuple  # second colour of the pattern
+    top2: RGB  # second colour of the pattern
     period: int  # stripes / checks per torso height
     sleeves: float  # sleeve length, fraction of the arm
-    bottom: tuple
+    bottom: RGB
     bottom_kind: str
-    shoes: tuple
-    hat: tuple | None
-    bag: tuple | None
-    backpack: tuple | None
+    shoes: RGB
+    hat: RGB | None
+    bag: RGB | None
+    backpack: RGB | None
 
 
-def _colour(rng: np.random.Generator, table: np.ndarray, p=None, jitter: float = 10) -> tuple:
+def _colour(rng: np.random.Generator, table: np.ndarray, p=None, jitter: float = 10) -> RGB:
     c = table[rng.choice(len(table), p=p)] + rng.normal(0, jitter, 3)
     return tuple(int(v) for v in np.clip(c, 0, 255))
 
 
-def _maybe(rng: np.random.Generator, prob: float) -> tuple | None:
+def _maybe(rng: np.random.Generator, prob: float) -> RGB | None:
     return _colour(rng, _CLOTHES, _CLOTHES_P) if rng.random() < prob else None
 
 
@@ -112,27 +113,45 @@ def _random_identity(rng: np.random.Generator) -> Identity:
     return Identity(**{name: sample(rng) for name, sample in _FIELDS.items()})
 
 
+def _differs(a, b) -> bool:
+    """Whether two attribute values look different (colours: L1 distance over 90 grey levels)."""
+    if isinstance(a, tuple) and isinstance(b, tuple):
+        return sum(abs(x - y) for x, y in zip(a, b)) > 90
+    return a != b
+
+
 def _mutate(ident: Identity, rng: np.random.Generator) -> Identity:
-    name = _VISIBLE[rng.integers(len(_VISIBLE))]
-    for _ in range(20):  # re-sample until the attribute really changes
+    """``ident`` with one visible attribute re-sampled to a clearly different value."""
+    names = [n for n in _VISIBLE if n != "top2" or ident.pattern != "plain"]
+    name = names[rng.integers(len(names))]
+    for _ in range(50):
         value = _FIELDS[name](rng)
-        if value != getattr(ident, name):
+        if _differs(value, getattr(ident, name)):
             break
     return dataclasses.replace(ident, **{name: value})
 
 
 @functools.lru_cache(maxsize=8192)
-def identity(seed: int, pid: int, difficulty: float = 0.5, _depth: int = 0) -> Identity:
+def _chain(seed: int, pid: int, difficulty: float) -> int:
+    """Near-duplicate steps from ``pid`` back to an independent identity (0: independent)."""
+    coin = np.random.default_rng([seed, pid, 0, 0, _TWIN]).random()
+    if pid <= 1 or coin >= 0.6 * difficulty:
+        return 0
+    steps = _chain(seed, pid - 1, difficulty) + 1
+    return steps if steps <= 3 else 0
+
+
+@functools.lru_cache(maxsize=8192)
+def identity(seed: int, pid: int, difficulty: float = 0.5) -> Identity:
     """The appearance of identity ``pid`` (``pid >= 1``; distractors draw theirs per image).
 
     With probability ``0.6 * difficulty`` identity ``pid`` is a near-duplicate of ``pid - 1``
     (chains stop after 3): the same person with one visible attribute changed (a colour, the
-    pattern, sleeve or trouser length, hair, hat, bag or backpack). Raising ``difficulty`` only
-    adds near-duplicates; an identity that is not one looks the same at every difficulty.
+    pattern, sleeve or trouser length, hair, hat, bag or backpack). An identity that is not a
+    near-duplicate looks the same at every difficulty.
     """
-    twin = np.random.default_rng([seed, pid, 0, 0, _TWIN]).random() < 0.6 * difficulty
-    if twin and pid > 1 and _depth < 3:
-        parent = identity(seed, pid - 1, difficulty, _depth + 1)
+    if _chain(seed, pid, difficulty):
+        parent = identity(seed, pid - 1, difficulty)
         return _mutate(parent, np.random.default_rng([seed, pid, 0, 0, _MUTATION]))
     return _random_identity(np.random.default_rng([seed, pid, 0, 0, _IDENTITY]))
 
@@ -140,25 +159,34 @@ def identity(seed: int, pid: int, difficulty: float = 0.5, _depth: int = 0) -> I
 # ---------------------------------------------------------------------------------- cameras
 @dataclasses.dataclass(frozen=True)
 class _Camera:
-    lut: np.ndarray  # (256, 3) float32 per-channel tone curve: gain, gamma and colour cast
+    curve: np.ndarray  # (3, 256) per-channel tone curve: gain, gamma and colour cast
     blur: float  # Gaussian blur radius, output pixels
     lowres: float  # down-sampling factor before up-sampling back (1 = full resolution)
     scale: float  # person height / image height
     noise: float  # sensor noise std, 0-255 grey levels
     front: float  # probability of a front view
     shift: float  # mean horizontal offset of the person, fraction of the width
-    background: np.ndarray  # (2H + m, 2W + m, 3) uint8 at supersampled size, m pixels of margin
+    background: np.ndarray  # (2H + 16, 6W, 3) uint8 at supersampled size; images crop 2H x 2W
 
 
 def _tone_curve(gain: np.ndarray, gamma: float) -> np.ndarray:
-    x = np.arange(256, dtype=np.float64) / 255.0
-    return np.clip(255 * gain[None, :] * x[:, None] ** gamma, 0, 255).astype(np.float32)
+    """``(3, 256)`` float: ``255 * gain_c * (v / 255) ** gamma`` for each channel ``c``."""
+    return 255 * gain[:, None] * (np.arange(256) / 255.0)[None, :] ** gamma
 
 
-def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
-    """A camera's scene, ``(h, w, 3)`` uint8: muted colours, one of four layouts."""
-    wall = rng.uniform(70, 180) * rng.uniform(0.85, 1.15, 3)
-    floor, third = (wall * rng.uniform(0.7, 1.3) * rng.uniform(0.9, 1.1, 3) for _ in range(2))
+def _lut(curves: np.ndarray) -> list[int]:
+    """``(3, 256)`` float curves as the 768-entry table of ``PIL.Image.point`` (RGB)."""
+    return np.clip(curves, 0, 255).astype(np.uint8).ravel().tolist()
+
+
+def _background(rng: np.random.Generator, h: int, w: int, v: float) -> np.ndarray:
+    """A camera's scene, ``(h, w, 3)`` uint8: muted colours, one of four layouts.
+
+    ``v`` in ``[0, 1]`` scales how far colours stray from mid-grey and how strong contrasts are.
+    """
+    wall = (125 + rng.uniform(-60, 60) * v) * (1 + rng.uniform(-0.18, 0.18, 3) * v)
+    floor, third = (wall * (1 + rng.uniform(-0.35, 0.35, 1) * v) * (1 + rng.uniform(-0.1, 0.1, 3))
+                    for _ in range(2))
     y = np.linspace(0, 1, h)[:, None, None]
     kind = rng.integers(4)
     if kind == 0:  # smooth vertical gradient
@@ -178,24 +206,25 @@ def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
 
 @functools.lru_cache(maxsize=256)
 def _camera(seed: int, camid: int, size: tuple[int, int], difficulty: float) -> _Camera:
+    """Camera ``camid``'s properties, drawn from ``(seed, camid)``; ``size`` is ``(H, W)``."""
     rng = np.random.default_rng([seed, 0, camid, 0, _CAMERA])
-    s = difficulty
+    s, v = difficulty, 0.3 + 0.7 * difficulty  # v: nuisances that never vanish
     gain = math.exp(rng.uniform(-0.5, 0.5) * s) * np.exp(rng.uniform(-0.25, 0.25, 3) * s)
     h, w = size
     return _Camera(
-        lut=_tone_curve(gain, math.exp(rng.uniform(-0.45, 0.45) * s)),
+        curve=_tone_curve(gain, math.exp(rng.uniform(-0.45, 0.45) * s)),
         blur=float(rng.uniform(0, 1.3 * s)),
         lowres=float(1 + rng.uniform(0, 1.6 * s)),
-        scale=float(rng.uniform(0.76, 0.94)),
+        scale=float(0.87 + rng.uniform(-0.08, 0.08) * v),
         noise=float(rng.uniform(1, 1 + 10 * s)),
         front=float(rng.uniform(0.5 - 0.4 * s, 0.5 + 0.4 * s)),
         shift=float(rng.uniform(-0.08, 0.08) * s),
-        background=_background(rng, _SS * h + 16, 3 * _SS * w),
+        background=_background(rng, _SS * h + 16, 3 * _SS * w, v),
     )
 
 
 # ---------------------------------------------------------------------------------- drawing
-def _contrast(c: tuple, c2: tuple) -> tuple:
+def _contrast(c: RGB, c2: RGB) -> RGB:
     """``c2``, or a clearly lighter / darker shade of ``c`` if ``c2`` is too close to it."""
     if sum(abs(a - b) for a, b in zip(c, c2)) > 120:
         return c2
@@ -209,24 +238,25 @@ def _pattern(ident: Identity, front: bool, w: int, h: int) -> np.ndarray:
     c2 = _contrast(ident.top, ident.top2)
     step = max(h // (2 * ident.period), 1)
     yy, xx = np.arange(h)[:, None] // step % 2, np.arange(w)[None, :] // step % 2
-    mask = {"hstripes": yy + 0 * xx, "vstripes": xx + 0 * yy, "checks": yy ^ xx}.get(ident.pattern)
-    if mask is not None:
-        out[mask.astype(bool)] = c2
+    if ident.pattern in ("hstripes", "vstripes", "checks"):
+        mask = {"hstripes": yy, "vstripes": xx, "checks": yy ^ xx}[ident.pattern]
+        out[np.broadcast_to(mask, (h, w)).astype(bool)] = c2
     elif ident.pattern == "logo" and front:
         out[int(0.2 * h): int(0.5 * h), int(0.33 * w): int(0.67 * w)] = c2
     return out
 
 
 def _limb(draw, start, angle, length, width, parts, end_colour, end_size) -> None:
-    """Draw a limb from ``start`` at ``angle`` (radians from straight down) in colour bands.
+    """Draw a limb from ``start`` (pixels) at ``angle`` (radians from straight down).
 
-    ``parts`` is a list of ``(fraction_of_length, colour)`` drawn from the root outwards.
+    ``parts`` lists ``(fraction_of_length, colour)`` bands, each drawn from the root to its
+    fraction, later ones on top (skin, then a sleeve over its upper part).
     """
     dx, dy = math.sin(angle) * length, math.cos(angle) * length
     x0, y0 = start
     for frac, colour in parts:
-        draw.line([(x0, y0), (start[0] + frac * dx, start[1] + frac * dy)], colour, int(width))
-    x1, y1 = start[0] + dx, start[1] + dy
+        draw.line([(x0, y0), (x0 + frac * dx, y0 + frac * dy)], colour, max(int(width), 1))
+    x1, y1 = x0 + dx, y0 + dy
     draw.ellipse([x1 - end_size, y1 - end_size * 0.7, x1 + end_size, y1 + end_size * 0.7],
                  end_colour)
 
@@ -244,7 +274,7 @@ def _draw_legs(draw, ident: Identity, at, P: float, pose) -> None:
         draw.polygon([at(-hw, y0), at(hw, y0), at(1.6 * hw, y1), at(-1.6 * hw, y1)], ident.bottom)
 
 
-def _draw_torso(img, draw, ident: Identity, at, P: float, front: bool) -> tuple:
+def _draw_torso(img, draw, ident: Identity, at, P: float, front: bool) -> float:
     """Torso with its fabric; returns the shoulder height (fraction of body height)."""
     y_sh, y_hip = 0.14 * ident.head + 0.02, 1 - ident.legs + 0.02
     sw, hw = 0.125 * ident.build, 0.1 * ident.build
@@ -265,7 +295,10 @@ def _draw_head(draw, ident: Identity, at, P: float, front: bool, y_sh: float) ->
     r = 0.065 * ident.head * P
     cx, cy = at(0, 0.07 * ident.head)
     draw.rectangle([cx - 0.3 * r, cy + 0.8 * r, cx + 0.3 * r, at(0, y_sh + 0.01)[1]], ident.skin)
-    if ident.long_hair:  # hair falling to the shoulders, behind a face / covering the back
+    if ident.long_hair and front:  # strands beside the face, falling to the shoulders
+        for x in (cx - 1.05 * r, cx + 0.45 * r):
+            draw.rectangle([x, cy, x + 0.6 * r, cy + 2.2 * r], ident.hair)
+    elif ident.long_hair:  # covering the upper back
         draw.rectangle([cx - 1.05 * r, cy, cx + 1.05 * r, cy + 2.3 * r], ident.hair)
     draw.ellipse([cx - r, cy - r, cx + r, cy + r], ident.skin if front else ident.hair)
     if front:
@@ -314,9 +347,8 @@ def _scene(background: np.ndarray, rng: np.random.Generator, h: int, w: int, s: 
     """A random ``h x w`` window of a camera's background, re-tinted per image."""
     oy = rng.integers(0, background.shape[0] - h + 1)
     ox = rng.integers(0, background.shape[1] - w + 1)
-    tint = np.exp(rng.normal(0, 0.05 + 0.05 * s, 3)).astype(np.float32)
-    crop = np.minimum(background[oy: oy + h, ox: ox + w] * tint, 255)  # (h, w, 3) float32
-    return Image.fromarray(crop.astype(np.uint8))
+    tint = np.exp(rng.normal(0, 0.05 + 0.05 * s, 3))[:, None] * np.arange(256)  # (3, 256)
+    return Image.fromarray(background[oy: oy + h, ox: ox + w]).point(_lut(tint))
 
 
 def _occlude(draw, rng: np.random.Generator, w: int, h: int) -> None:
@@ -348,40 +380,51 @@ def render_image(
 
     Returns:
         An RGB ``PIL.Image.Image`` of ``W x H`` pixels, a pure function of the arguments.
+
+    Raises:
+        DatasetError: an argument is negative, ``image_size`` is below ``(32, 16)`` or
+            ``difficulty`` is outside ``[0, 1]``.
     """
-    h, w = image_size
+    for name, value in (("seed", seed), ("pid", pid), ("camid", camid), ("index", index)):
+        _check_int(name, value, 0)
+    h, w = _check_size(image_size)
+    difficulty = _check_difficulty(difficulty)
     rng = np.random.default_rng([seed, pid, camid, index])
     if pid == 0:
         ident = _random_identity(np.random.default_rng([seed, 0, camid, index, _DISTRACTOR]))
     else:
         ident = identity(seed, pid, difficulty)
-    cam = _camera(seed, camid, (h, w), difficulty)
-    s = difficulty
-    img = _scene(cam.background, rng, _SS * h, _SS * w, s)
-    P = _SS * h * cam.scale * ident.height * math.exp(rng.normal(0, 0.04))
-    cx = _SS * w * (0.5 + cam.shift + rng.normal(0, 0.03 + 0.04 * s))
-    top = (_SS * h - P) / 2 + rng.normal(0, 0.02) * _SS * h
-    stride = rng.uniform(0, 0.1 + 0.15 * s)
-    arms = 0.1 + rng.normal(0, 0.05 + 0.1 * s, 2)
-    pose = (arms[0], arms[1], 0.03 + stride, 0.03 - stride * rng.uniform(-1, 1))
-    _draw_person(img, ident, (cx, top, P), pose, front=rng.random() < cam.front)
+    cam, s = _camera(seed, camid, (h, w), difficulty), difficulty
+    img = _scene(cam.background, rng, _SS * h, _SS * w, s)  # drawn at 2x, reduced at the end
+    box, pose = _placement(rng, cam, ident, _SS * h, _SS * w, s)
+    _draw_person(img, ident, box, pose, front=rng.random() < cam.front)
     if rng.random() < 0.35 * s:
         _occlude(ImageDraw.Draw(img), rng, _SS * w, _SS * h)
     if rng.random() < 0.5:
         img = img.transpose(Image.FLIP_LEFT_RIGHT)
-    img = img.reduce(_SS)
-    return _camera_effects(img, cam, rng, s)
+    return _camera_effects(img.reduce(_SS), cam, rng, s)
+
+
+def _placement(rng: np.random.Generator, cam: _Camera, ident: Identity, h: int, w: int, s: float):
+    """Per-image framing ``(cx, top, P)`` in pixels and pose (arm and leg angles, radians)."""
+    P = h * cam.scale * ident.height * math.exp(rng.normal(0, 0.04))  # person height
+    cx = w * (0.5 + cam.shift + rng.normal(0, 0.03 + 0.04 * s))
+    top = (h - P) / 2 + rng.normal(0, 0.02) * h
+    stride = rng.uniform(0, 0.1 + 0.15 * s)
+    arms = 0.1 + rng.normal(0, 0.05 + 0.1 * s, 2)
+    return (cx, top, P), (arms[0], arms[1], 0.03 + stride, 0.03 - stride * rng.uniform(-1, 1))
 
 
 def _camera_effects(img: Image.Image, cam: _Camera, rng: np.random.Generator, s: float):
+    """Resolution loss, blur, tone curve, brightness jitter and sensor noise."""
     w, h = img.size
     if cam.lowres > 1.15:
         small = (max(int(w / cam.lowres), 4), max(int(h / cam.lowres), 4))
         img = img.resize(small, Image.BILINEAR).resize((w, h), Image.BILINEAR)
     if cam.blur > 0.3:
         img = img.filter(ImageFilter.GaussianBlur(cam.blur))
-    arr = cam.lut[np.asarray(img), np.arange(3)]  # (H, W, 3) float32, camera tone curve
-    arr *= math.exp(rng.normal(0, 0.12 * s))
+    img = img.point(_lut(cam.curve * math.exp(rng.normal(0, 0.12 * s))))  # tone + brightness
+    arr = np.asarray(img, dtype=np.float32)  # (H, W, 3)
     arr += rng.standard_normal(arr.shape, dtype=np.float32) * cam.noise
     return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
 
@@ -422,6 +465,14 @@ def _check_size(image_size) -> tuple[int, int]:
     return h, w
 
 
+def _check_difficulty(difficulty) -> float:
+    if isinstance(difficulty, bool) or not isinstance(difficulty, (int, float)) or not (
+        0.0 <= difficulty <= 1.0
+    ):
+        raise DatasetError(f"synthetic: difficulty={difficulty!r}; expected a float in [0, 1]")
+    return float(difficulty)
+
+
 class SyntheticReID(ReIDDataset):
     """Procedurally drawn pedestrians in a Market-1501-like protocol, rendered on the fly.
 
@@ -442,9 +493,12 @@ class SyntheticReID(ReIDDataset):
         seed: ``>= 0``; fixes identities, cameras and images.
         image_size: ``(H, W)`` in pixels, at least ``(32, 16)``.
         difficulty: in ``[0, 1]``; scales camera nuisances (illumination, colour cast, blur,
-            resolution, framing, noise, occlusion, view bias) and the share (``0.6 *
-            difficulty``) of near-duplicate identities. The default 0.5 makes raw pixels a weak
-            matcher (rank-1 about 0.3 with 50 test ids) while clothing stays recognisable.
+            resolution, framing, noise, occlusion, view bias; backgrounds and person scale
+            differ between cameras even at 0) and the share (``0.6 * difficulty``) of
+            near-duplicate identities. With the defaults, raw 16x8 pixels reach a rank-1 of
+            0.15-0.4 depending on the seed (about 0.9 at difficulty 0, under 0.12 at 1), while a
+            grey-world colour descriptor of the figure reaches 0.6-0.8: clothing carries the
+            identity, cameras hide it from plain pixel matching.
         num_distractors: pid-0 gallery images, ``>= 0``.
 
     Raises:
@@ -466,9 +520,7 @@ class SyntheticReID(ReIDDataset):
         self.seed = _check_int("seed", seed, 0)
         self.num_cameras = _check_int("num_cameras", num_cameras, 2)
         self.image_size = _check_size(image_size)
-        if not isinstance(difficulty, (int, float)) or not 0.0 <= difficulty <= 1.0:
-            raise DatasetError(f"synthetic: difficulty={difficulty!r}; expected a float in [0, 1]")
-        self.difficulty = float(difficulty)
+        self.difficulty = _check_difficulty(difficulty)
         n_train = _check_int("num_train_ids", num_train_ids, 0)
         n_test = _check_int("num_test_ids", num_test_ids, 1)
         k = _check_int("images_per_id_per_camera", images_per_id_per_camera, 1)
@@ -489,9 +541,10 @@ class SyntheticReID(ReIDDataset):
         for pid in pids:
             rng = np.random.default_rng([self.seed, pid, 0, 0, _QUERY])
             cams = set(rng.permutation(self.num_cameras)[:num_query_cams].tolist())
-            for s in self._images(pid, k):
-                is_query = s.camid in cams and s.img_path.endswith("/0")
-                (query if is_query else gallery).append(s)
+            for c in range(self.num_cameras):
+                for i in range(k):
+                    sample = Sample(make_key(self.seed, pid, c, i), pid, c)
+                    (query if c in cams and i == 0 else gallery).append(sample)
         return query, gallery
 
     def load_image(self, img_path: str) -> Image.Image:
