@@ -1,4 +1,4 @@
-"""Wall time and extra memory of ``evaluate_rank`` / ``evaluate_rank_from_features`` at benchmark scale.
+"""Wall time and extra memory of ``evaluate_rank(_from_features)`` at benchmark scale.
 
 Problems are random with the label structure of the real test sets (the metrics themselves are
 meaningless, only time and memory matter):
@@ -124,8 +124,9 @@ def run_size(name: str, args: argparse.Namespace) -> list[tuple]:
     rows = [(name, "distmat", shape, block, *measure(run))]
     del distmat, run
     if args.dim > 0:
-        qf = torch.randn(size.num_query, args.dim, generator=torch.Generator().manual_seed(args.seed))
-        gf = torch.randn(size.num_gallery, args.dim, generator=torch.Generator().manual_seed(1))
+        generator = torch.Generator().manual_seed(args.seed)
+        qf = torch.randn(size.num_query, args.dim, generator=generator)
+        gf = torch.randn(size.num_gallery, args.dim, generator=generator)
         run = lambda: evaluate_rank_from_features(  # noqa: E731
             qf, gf, *labels, metric="euclidean", block_size=args.block_size
         )

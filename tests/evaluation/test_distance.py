@@ -27,7 +27,8 @@ def test_euclidean_matches_double_loop(features):
     expected = [[math.sqrt(s) for s in row] for row in loop_squared_euclidean(qf, gf)]
     dist = compute_distance_matrix(qf, gf, "euclidean")
     assert dist.dtype == torch.float32 and dist.shape == (5, 9)
-    torch.testing.assert_close(dist.double(), torch.tensor(expected, dtype=torch.float64), rtol=1e-5, atol=1e-5)
+    expected = torch.tensor(expected, dtype=torch.float64)
+    torch.testing.assert_close(dist.double(), expected, rtol=1e-5, atol=1e-5)
 
 
 def test_sqeuclidean_matches_double_loop(features):

@@ -128,9 +128,9 @@ def hand_example():
         ],
         dtype=np.float32,
     )
-    return distmat, np.array([1, 2, 3]), np.array([1, 0, 1, -1, 2, 1]), np.array([0, 1, 0]), (
-        np.array([0, 1, 1, 2, 0, 2])
-    )
+    q_pids, q_camids = np.array([1, 2, 3]), np.array([0, 1, 0])
+    g_pids, g_camids = np.array([1, 0, 1, -1, 2, 1]), np.array([0, 1, 1, 2, 0, 2])
+    return distmat, q_pids, g_pids, q_camids, g_camids
 
 
 def test_hand_computed_example():
@@ -141,7 +141,8 @@ def test_hand_computed_example():
     assert result.mINP == pytest.approx(0.375)
     assert (result.num_valid_queries, result.num_skipped_queries) == (2, 1)
     assert result.rank(2) == 0.5
-    assert result.as_dict() == pytest.approx({"rank1": 0.0, "rank5": 1.0, "mAP": 0.375, "mINP": 0.375})
+    expected = {"rank1": 0.0, "rank5": 1.0, "mAP": 0.375, "mINP": 0.375}
+    assert result.as_dict() == pytest.approx(expected)
 
 
 def test_short_gallery_pads_cmc_with_its_last_value_and_warns():
@@ -220,7 +221,8 @@ def test_from_features_equals_full_matrix_exactly(metric, block_size):
     labels = (q_pids, g_pids, q_camids, g_camids)
     full = quietly(evaluate_rank, compute_distance_matrix(qf, gf, metric), *labels, max_rank=20)
     blocked = quietly(
-        evaluate_rank_from_features, qf, gf, *labels, metric=metric, max_rank=20, block_size=block_size
+        evaluate_rank_from_features, qf, gf, *labels, metric=metric, max_rank=20,
+        block_size=block_size,
     )
     np.testing.assert_array_equal(blocked.cmc, full.cmc)
     assert (blocked.mAP, blocked.mINP) == (full.mAP, full.mINP)
