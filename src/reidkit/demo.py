@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 
-from .engine.config import config_from_dict, parse_yaml
+from .engine.config import apply_overrides, config_from_dict, parse_yaml
 from .engine.evaluate import evaluate_features, extract_split
 from .engine.trainer import Trainer
 from .evaluation import compute_distance_matrix
@@ -21,10 +21,15 @@ from .models import create_model
 from .visualize import ranked_list_grid
 
 
-def demo_config(minutes: float | None = None):
-    """The demo recipe as a :class:`~reidkit.engine.config.Config` (optionally a new budget)."""
+def demo_config(minutes: float | None = None, overrides: list[str] | None = None):
+    """The demo recipe as a :class:`~reidkit.engine.config.Config`.
+
+    Args:
+        minutes: replaces the recipe's training budget ``train.max_minutes``.
+        overrides: ``section.key=value`` strings applied to the recipe.
+    """
     text = resources.files("reidkit").joinpath("recipes/demo_synthetic.yaml").read_text()
-    cfg = config_from_dict(parse_yaml(text))
+    cfg = config_from_dict(apply_overrides(parse_yaml(text), overrides or []))
     if minutes is not None:
         cfg.train.max_minutes = minutes
     return cfg
@@ -59,13 +64,15 @@ def draw_ranked_lists(model, dataset, cfg, device, path, num_queries: int = 4, t
     return ranked_list_grid(rows, path)
 
 
-def run_demo(output: str | Path = "runs/demo", minutes: float | None = None, log=print) -> dict:
+def run_demo(
+    output: str | Path = "runs/demo", minutes: float | None = None, overrides: list[str] | None = None, log=print
+) -> dict:
     """Evaluate untrained, train, evaluate trained; write ``demo.json`` and ``ranked_lists.png``.
 
     Returns:
         ``{"untrained": metrics, "trained": metrics}`` with fractions in [0, 1].
     """
-    cfg = demo_config(minutes)
+    cfg = demo_config(minutes, overrides)
     output = Path(output)
     resume = (output / "last.pt").exists()
     trainer = Trainer(cfg, output, resume=resume, log=log)

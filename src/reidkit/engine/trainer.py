@@ -35,11 +35,11 @@ class TrainingDiverged(RuntimeError):
 
 def as_float(output: ReIDOutput) -> ReIDOutput:
     """Cast an autocast (bfloat16/float16) model output to float32 so losses run in full precision."""
-    return ReIDOutput(
-        output.embedding.float(),
-        output.feature.float(),
-        None if output.logits is None else output.logits.float(),
-        output.feature_maps,
+    return output._replace(
+        embedding=output.embedding.float(),
+        feature=output.feature.float(),
+        logits=None if output.logits is None else output.logits.float(),
+        local_feature=None if output.local_feature is None else output.local_feature.float(),
     )
 
 

@@ -21,7 +21,7 @@ from .cross_entropy import CrossEntropyLoss
 from .distances import CosineDistance, EuclideanDistance
 from .triplet import BatchAllMiner, BatchHardMiner, TripletLoss
 
-_INPUTS = ("logits", "feature")
+_INPUTS = ("logits", "feature", "output")
 
 
 class LossResult(NamedTuple):
@@ -42,7 +42,8 @@ class CombinedLoss(nn.Module):
     Args:
         losses: ``name -> (weight, loss)`` or ``name -> loss`` (weight 1). A loss is an
             ``nn.Module`` called as ``loss(tensor, labels)`` whose ``input`` attribute is
-            ``"logits"`` or ``"feature"`` (every :class:`reidkit.losses.ReIDLoss` is).
+            ``"logits"``, ``"feature"`` or ``"output"`` (the whole :class:`ReIDOutput`, for losses
+            that need several fields, e.g. local features or feature maps).
 
     Raises:
         ValueError: empty ``losses``, a bad name, a negative or non-finite weight, or an entry
@@ -99,7 +100,10 @@ def _unpack(name: str, entry: Any) -> tuple[float, nn.Module]:
     return float(weight), loss
 
 
-def _route(name: str, loss: nn.Module, output: Any) -> Tensor:
+def _route(name: str, loss: nn.Module, output: Any) -> Any:
+    """The part of ``output`` a loss consumes: a field, or the whole output for ``input="output"``."""
+    if loss.input == "output":
+        return output
     value = getattr(output, loss.input, None)
     if value is None:
         raise ValueError(

@@ -27,12 +27,15 @@ class ReIDOutput(NamedTuple):
             ``embedding``.
         logits: ``(B, num_classes)`` identity logits, or ``None`` for a model without classifier.
         feature_maps: stage outputs of the backbone, shallow to deep, each ``(B, C_s, H_s, W_s)``.
+        local_feature: ``(B, S, C_l)`` part features (e.g. AlignedReID's horizontal stripes),
+            or ``None`` for models without a local branch.
     """
 
     embedding: Tensor
     feature: Tensor
     logits: Tensor | None
     feature_maps: tuple[Tensor, ...]
+    local_feature: Tensor | None = None
 
 
 class Backbone(nn.Module):
