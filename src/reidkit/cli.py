@@ -191,6 +191,27 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_actmap(args) -> int:
+    """Activation maps of one backbone stage over input images (AMSFL Fig. 3), as a PNG grid."""
+    from .actmap import actmap_grid, activation_maps
+    from .data import read_image
+    from .data.transforms import TransformConfig, build_transforms
+
+    model, cfg, _ = _load_model_and_config(args)
+    device = _device(args)
+    pictures = [read_image(p) for p in args.images]
+    transform = build_transforms(TransformConfig(height=cfg.data.height, width=cfg.data.width), train=False)
+    batch = torch.stack([transform(img) for img in pictures]).to(device)  # (B, 3, H, W)
+    stage = args.stage if args.stage is not None else len(model.backbone.out_channels)
+    try:
+        maps = activation_maps(model.to(device), batch, stage)  # (B, H, W)
+    except ValueError as err:
+        raise SystemExit(f"reidkit actmap: error: {err}") from None
+    out = actmap_grid(pictures, maps.cpu(), args.output)
+    print(f"wrote {out} (stage {stage})")
+    return 0
+
+
 # ---------------------------------------------------------------------------- parser
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", help="a reidkit checkpoint (last.pt of a run)")
@@ -253,6 +274,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", default="runs/demo", help="run directory")
     p.add_argument("--minutes", type=float, default=None, help="training budget (default: the recipe's)")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("actmap", help="activation maps of a backbone stage over images (PNG grid)")
+    _add_model_args(p)
+    p.add_argument("--images", required=True, nargs="+", help="image file(s)")
+    p.add_argument("--stage", type=int, default=None, help="1-based backbone stage (default: the last)")
+    p.add_argument("--output", default="actmap.png", help="PNG grid to write")
+    p.set_defaults(func=cmd_actmap)
     return parser
 
 

@@ -7,7 +7,6 @@ from collections.abc import Callable, Sequence
 from torch.utils.data import DataLoader, Dataset
 
 from .base import ReIDDataset, Sample
-from .samplers import PKSampler
 
 
 class ImageDataset(Dataset):
@@ -42,13 +41,11 @@ def default_num_workers() -> int:
 def train_loader(
     dataset: ReIDDataset,
     transform: Callable,
-    num_pids_per_batch: int,
-    num_instances: int,
-    seed: int = 0,
+    sampler,
     num_workers: int | None = None,
 ) -> DataLoader:
-    """A PK-sampled training loader over ``dataset.train`` (batch = P x K images)."""
-    sampler = PKSampler([s.pid for s in dataset.train], num_pids_per_batch, num_instances, seed)
+    """A training loader over ``dataset.train`` drawing batches of ``sampler.batch_size`` indices
+    from ``sampler`` (a :class:`~reidkit.data.samplers.PKSampler` or a pair sampler)."""
     return DataLoader(
         ImageDataset(dataset.train, dataset.load_image, transform),
         batch_size=sampler.batch_size,

@@ -29,6 +29,9 @@ class TransformConfig:
         color_jitter: brightness/contrast/saturation jitter strength; 0 disables.
         mean: normalisation mean per RGB channel.
         std: normalisation std per RGB channel.
+        resize: ``(H, W)`` to resize to first, then crop to ``height x width`` (random crop for
+            training, centre crop for testing), as MSP-CNN's 160x64 -> 144x56; ``None`` resizes
+            straight to ``height x width``.
     """
 
     height: int = 256
@@ -39,6 +42,7 @@ class TransformConfig:
     color_jitter: float = 0.0
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
+    resize: tuple[int, int] | None = None
 
 
 def build_transforms(cfg: TransformConfig | None = None, train: bool = True) -> v2.Compose:
@@ -50,7 +54,12 @@ def build_transforms(cfg: TransformConfig | None = None, train: bool = True) -> 
     """
     cfg = cfg or TransformConfig()
     size = (cfg.height, cfg.width)
-    ops: list = [v2.ToImage(), v2.Resize(size, antialias=True)]
+    ops: list = [v2.ToImage()]
+    if cfg.resize is None:
+        ops.append(v2.Resize(size, antialias=True))
+    else:
+        crop = v2.RandomCrop(size) if train else v2.CenterCrop(size)
+        ops += [v2.Resize(tuple(cfg.resize), antialias=True), crop]
     if train:
         if cfg.flip_p > 0:
             ops.append(v2.RandomHorizontalFlip(cfg.flip_p))

@@ -57,8 +57,14 @@ class DataConfig:
         pad: padding in pixels before random crop (0 disables).
         random_erasing_p: random erasing probability (0 disables).
         color_jitter: brightness/contrast/saturation jitter (0 disables).
+        resize: ``[H, W]`` to resize to before a random crop to ``height x width`` (centre crop at
+            test time), as MSP-CNN's 160x64 -> 144x56; ``None`` resizes straight to the input size.
+        sampler: ``"pk"`` (P identities x K images, Hermans et al. 2017) or ``"pairs"``
+            (Siamese pairs with ``neg_pos_ratio`` negatives per positive, MSP-CNN).
         num_pids_per_batch: P of the PK sampler.
         num_instances: K of the PK sampler.
+        batch_size: images per batch of the ``pairs`` sampler (``None``: P x K).
+        neg_pos_ratio: negative pairs per positive pair of the ``pairs`` sampler.
         num_workers: data-loading processes (``None``: automatic).
         eval_batch_size: images per batch at feature extraction.
     """
@@ -75,19 +81,62 @@ class DataConfig:
     pad: int = 10
     random_erasing_p: float = 0.5
     color_jitter: float = 0.0
+    resize: list | None = None
+    sampler: str = "pk"
     num_pids_per_batch: int = 16
     num_instances: int = 4
+    batch_size: int | None = None
+    neg_pos_ratio: float = 2.0
     num_workers: int | None = None
     eval_batch_size: int = 128
 
 
 @dataclass
 class ModelConfig:
-    """Model name (``reidkit models`` lists them), pretrained weights and constructor kwargs."""
+    """Model name (``reidkit models`` lists them), pretrained weights and constructor kwargs.
+
+    ``init_seed`` seeds the model's random initialisation (``None``: the run's ``seed``).
+    """
 
     name: str = "mobilenet_v2"
     pretrained: str | bool | None = None
     kwargs: dict = field(default_factory=dict)
+    init_seed: int | None = None
+
+
+@dataclass
+class MutualConfig:
+    """Mutual learning: train ``peers`` together (none: a single model, ``model``).
+
+    Attributes:
+        peers: model sections (``name``, ``pretrained``, ``kwargs``, ``init_seed``) of the peers.
+            A peer without ``init_seed`` gets ``seed + its index``.
+        dml_weight: weight of deep mutual learning, ``KL(p_other || p_self)`` on class
+            probabilities (Zhang et al., CVPR 2018).
+        metric_weight: weight of metric mutual learning, ``mean((D_self - sg(D_other))^2)`` on the
+            batch distance matrices (AlignedReID, Zhang et al. 2017).
+    """
+
+    peers: list = field(default_factory=list)
+    dml_weight: float = 1.0
+    metric_weight: float = 0.0
+
+
+@dataclass
+class MSGRConfig:
+    """Multi-scale gradient regulariser (AMSFL, seed 000): ``loss + weight * sum ||dL/dh||``.
+
+    Attributes:
+        weight: lambda (paper 1e-2); 0 disables it.
+        stages: 1-based indices of the backbone stage outputs h penalised (paper: 1 and 2).
+        include_input: also penalise the gradient w.r.t. the input image.
+        norm: ``"l2"``, ``"l1"`` or ``"linf"`` norm of the gradient.
+    """
+
+    weight: float = 0.0
+    stages: list = field(default_factory=lambda: [1, 2])
+    include_input: bool = False
+    norm: str = "l2"
 
 
 @dataclass
@@ -137,11 +186,14 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
-    """Evaluation: distance ``euclidean`` or ``cosine`` (smaller is closer), feature L2 norm."""
+    """Evaluation: distance ``euclidean`` or ``cosine`` (smaller is closer), feature L2 norm,
+    and ``local_weight`` > 0 adds that times the AlignedReID local distance (models with a local
+    branch)."""
 
     metric: str = "euclidean"
     normalize: bool = True
     max_rank: int = 50
+    local_weight: float = 0.0
 
 
 def _default_loss() -> dict:
@@ -150,7 +202,8 @@ def _default_loss() -> dict:
 
 @dataclass
 class Config:
-    """A whole run. ``loss`` maps loss names to their options (``reidkit.losses.build_loss``)."""
+    """A whole run. ``loss`` maps loss names to their options (``reidkit.losses.build_loss``); an
+    option ``start_epoch: N`` turns that loss on from (0-based) epoch N (two-stage schedules)."""
 
     seed: int = 0
     data: DataConfig = field(default_factory=DataConfig)
@@ -160,6 +213,8 @@ class Config:
     sched: SchedConfig = field(default_factory=SchedConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    msgr: MSGRConfig = field(default_factory=MSGRConfig)
+    mutual: MutualConfig = field(default_factory=MutualConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -189,7 +244,12 @@ def _check_type(value: Any, tp: Any, where: str) -> Any:
     return value
 
 
-def _from_dict(cls: type, data: Any, where: str):
+def section_from_dict(cls: type, data: Any, where: str):
+    """Build the config dataclass ``cls`` from a mapping; ``where`` names it in errors.
+
+    Raises:
+        ConfigError: not a mapping, unknown key or wrong type.
+    """
     if not isinstance(data, dict):
         raise ConfigError(f"{where or 'config'}: expected a mapping, got {data!r}")
     hints = typing.get_type_hints(cls)
@@ -201,7 +261,7 @@ def _from_dict(cls: type, data: Any, where: str):
             raise ConfigError(f"unknown key {path!r}; valid keys here: {', '.join(names)}")
         tp = hints[key]
         if dataclasses.is_dataclass(tp):
-            kwargs[key] = _from_dict(tp, value, path)
+            kwargs[key] = section_from_dict(tp, value, path)
         else:
             kwargs[key] = _check_type(value, tp, path)
     return cls(**kwargs)
@@ -213,7 +273,7 @@ def config_from_dict(data: dict) -> Config:
     Raises:
         ConfigError: unknown key or wrong type (the message names the key).
     """
-    return _from_dict(Config, data or {}, "")
+    return section_from_dict(Config, data or {}, "")
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:

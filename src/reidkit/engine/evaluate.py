@@ -23,7 +23,7 @@ def extract_split(model: nn.Module, dataset: ReIDDataset, split: str, cfg: Confi
         batch_size=cfg.data.eval_batch_size,
         num_workers=cfg.data.num_workers,
     )
-    return extract_features(model, loader, device)
+    return extract_features(model, loader, device, with_local=cfg.eval.local_weight > 0)
 
 
 def evaluate_model(model: nn.Module, dataset: ReIDDataset, cfg: Config, device: torch.device):
@@ -41,10 +41,23 @@ def evaluate_model(model: nn.Module, dataset: ReIDDataset, cfg: Config, device: 
 
 
 def evaluate_features(q: Features, g: Features, cfg: Config):
-    """CMC / mAP / mINP from query and gallery :class:`Features` (see :func:`evaluate_model`)."""
+    """CMC / mAP / mINP from query and gallery :class:`Features` (see :func:`evaluate_model`).
+
+    With ``cfg.eval.local_weight > 0`` the distance is the global one plus that weight times the
+    AlignedReID local distance (Zhang et al. 2017); that path holds the full
+    ``(num_query, num_gallery)`` matrix.
+    """
     qf, gf = q.features, g.features
     if cfg.eval.normalize:
         qf, gf = nn.functional.normalize(qf, dim=1), nn.functional.normalize(gf, dim=1)
+    if cfg.eval.local_weight > 0:
+        from ..evaluation import evaluate_rank
+        from ..evaluation.aligned import combined_distance_matrix
+
+        if q.local is None or g.local is None:
+            raise ValueError("eval.local_weight > 0 needs a model with a local branch (e.g. mobilenet_v2_aligned)")
+        distmat = combined_distance_matrix(qf, gf, q.local, g.local, cfg.eval.metric, cfg.eval.local_weight)
+        return evaluate_rank(distmat, q.pids, g.pids, q.camids, g.camids, max_rank=cfg.eval.max_rank)
     return evaluate_rank_from_features(
         qf, gf, q.pids, g.pids, q.camids, g.camids, metric=cfg.eval.metric, max_rank=cfg.eval.max_rank
     )

@@ -8,6 +8,7 @@ wall-clock budget ``max_minutes`` is spent; evaluate the final model and write `
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -21,10 +22,21 @@ from tqdm import tqdm
 from ..data import ReIDDataset, create_dataset
 from ..data.loader import train_loader
 from ..data.transforms import TransformConfig, build_transforms
+from ..data.samplers import PKSampler
 from ..losses import build_loss
+from ..losses.mutual import deep_mutual_loss, metric_mutual_loss
 from ..models import ReIDOutput, create_model
 from .checkpoint import atomic_save, load_checkpoint
-from .config import Config, ConfigError, DataConfig, OptimConfig, SchedConfig, save_config
+from .config import (
+    Config,
+    ConfigError,
+    DataConfig,
+    ModelConfig,
+    OptimConfig,
+    SchedConfig,
+    section_from_dict,
+    save_config,
+)
 from .evaluate import evaluate_model
 from .runtime import autocast, resolve_device, rng_state, seed_everything, set_rng_state
 
@@ -52,6 +64,7 @@ def transform_config(data: DataConfig) -> TransformConfig:
         pad=data.pad,
         random_erasing_p=data.random_erasing_p,
         color_jitter=data.color_jitter,
+        resize=None if data.resize is None else tuple(data.resize),
     )
 
 
@@ -95,12 +108,65 @@ def lr_factor(epoch: int, cfg: SchedConfig, max_epochs: int) -> float:
     raise ConfigError(f"sched.name: unknown schedule {cfg.name!r}; valid: step, cosine, constant")
 
 
+def peer_model_configs(cfg: Config) -> list[ModelConfig]:
+    """The model section of each model trained: ``[cfg.model]``, or the mutual-learning peers.
+
+    A model without ``init_seed`` is initialised from ``seed`` (a single model) or
+    ``seed + index`` (peer ``index``).
+
+    Raises:
+        ConfigError: a peer entry is not a valid model section.
+    """
+    if not cfg.mutual.peers:
+        return [dataclasses.replace(cfg.model, init_seed=_default(cfg.model.init_seed, cfg.seed))]
+    peers = []
+    for i, entry in enumerate(cfg.mutual.peers):
+        peer = section_from_dict(ModelConfig, entry, f"mutual.peers[{i}]")
+        peers.append(dataclasses.replace(peer, init_seed=_default(peer.init_seed, cfg.seed + i)))
+    return peers
+
+
+def _default(value, fallback):
+    return fallback if value is None else value
+
+
+def build_sampler(data: DataConfig, pids: list[int], seed: int):
+    """The training batch sampler named by ``data.sampler`` (``"pk"`` or ``"pairs"``).
+
+    Raises:
+        ConfigError: unknown sampler name.
+    """
+    if data.sampler == "pk":
+        return PKSampler(pids, data.num_pids_per_batch, data.num_instances, seed)
+    if data.sampler == "pairs":
+        from ..data.pair_sampler import PairSampler
+
+        batch = data.batch_size or data.num_pids_per_batch * data.num_instances
+        return PairSampler(pids, batch, neg_pos_ratio=data.neg_pos_ratio, seed=seed)
+    raise ConfigError(f"data.sampler: unknown sampler {data.sampler!r}; valid: pk, pairs")
+
+
+def active_loss_spec(spec: dict, epoch: int) -> dict:
+    """The loss entries active at 0-based ``epoch``: those whose ``start_epoch`` (default 0) has
+    come, without the ``start_epoch`` key (it is a schedule, not a loss option)."""
+    active = {}
+    for name, options in spec.items():
+        options = dict(options or {})
+        if options.pop("start_epoch", 0) <= epoch:
+            active[name] = options
+    return active
+
+
 class Trainer:
     """One training run in ``run_dir`` (created; ``resume=True`` continues ``run_dir/last.pt``).
 
+    Trains ``cfg.model``, or the ``cfg.mutual.peers`` together (one shared batch per step, one
+    optimiser over all peers: Adam/SGD act per parameter, so this equals one optimiser per peer).
+
     Files written to ``run_dir``: ``config.yaml`` (resolved config), ``metrics.jsonl`` (one JSON
-    object per epoch and per evaluation), ``last.pt`` (atomic checkpoint after every epoch),
-    ``results.json`` (final evaluation).
+    object per epoch and per evaluation), ``last.pt`` (atomic checkpoint after every epoch;
+    with peers it holds peer 0 as its model and every peer for resuming), ``peer{i}.pt`` (each
+    peer's own checkpoint, for ``reidkit eval``), ``results.json`` (final evaluation).
 
     Raises:
         FileExistsError: ``run_dir`` already holds a checkpoint and ``resume`` is false (nothing
@@ -117,16 +183,17 @@ class Trainer:
             )
         if resume and not self.ckpt_path.exists():
             raise FileNotFoundError(f"--resume: no checkpoint at {self.ckpt_path}")
-        seed_everything(cfg.seed)
         self.device = resolve_device(cfg.train.device)
         self.train_ds, self.eval_ds = build_datasets(cfg.data)
-        if self.train_ds.num_train_pids < 2:
-            raise ValueError(f"{cfg.data.name}: training needs at least 2 identities, found {self.train_ds.num_train_pids}")
-        self.model = create_model(
-            cfg.model.name, num_classes=self.train_ds.num_train_pids, pretrained=cfg.model.pretrained, **cfg.model.kwargs
-        ).to(self.device)
-        self.criterion = build_loss(cfg.loss)
-        self.optimizer = build_optimizer(self.model, cfg.optim)
+        num_classes = self.train_ds.num_train_pids
+        if num_classes < 2:
+            raise ValueError(f"{cfg.data.name}: training needs at least 2 identities, found {num_classes}")
+        self.model_cfgs = peer_model_configs(cfg)
+        self.models = nn.ModuleList([self._build_model(m, num_classes) for m in self.model_cfgs])
+        self.model = self.models[0]
+        seed_everything(cfg.seed)  # data order and augmentation do not depend on the models built
+        self._loss_spec, self.criterion = None, None
+        self.optimizer = build_optimizer(self.models, cfg.optim)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda e: lr_factor(e, cfg.sched, cfg.train.max_epochs)
         )
@@ -134,9 +201,7 @@ class Trainer:
         self.loader = train_loader(
             self.train_ds,
             build_transforms(transform_config(cfg.data), train=True),
-            cfg.data.num_pids_per_batch,
-            cfg.data.num_instances,
-            seed=cfg.seed,
+            build_sampler(cfg.data, [s.pid for s in self.train_ds.train], cfg.seed),
             num_workers=cfg.data.num_workers,
         )
         self.epoch, self.elapsed = 0, 0.0
@@ -145,27 +210,56 @@ class Trainer:
             self._restore()
         save_config(cfg, self.run_dir / "config.yaml")
 
+    def _build_model(self, mcfg: ModelConfig, num_classes: int):
+        torch.manual_seed(mcfg.init_seed)
+        model = create_model(mcfg.name, num_classes=num_classes, pretrained=mcfg.pretrained, **mcfg.kwargs)
+        return model.to(self.device)
+
+    def _update_criterion(self) -> None:
+        """(Re)build the loss when the set of losses active at this epoch changes."""
+        spec = active_loss_spec(self.cfg.loss, self.epoch)
+        if spec != self._loss_spec:
+            if self._loss_spec is not None:
+                self.log(f"epoch {self.epoch + 1}: losses now {sorted(spec)}")
+            self._loss_spec, self.criterion = spec, build_loss(spec)
+
     # ------------------------------------------------------------------ checkpoints
-    def _state(self) -> dict:
+    def _model_entry(self, i: int) -> dict:
+        mcfg = self.model_cfgs[i]
         return {
-            "model": self.model.state_dict(),
-            "model_name": self.cfg.model.name,
-            "model_kwargs": dict(self.cfg.model.kwargs),
+            "model": self.models[i].state_dict(),
+            "model_name": mcfg.name,
+            "model_kwargs": dict(mcfg.kwargs),
             "num_classes": self.train_ds.num_train_pids,
             "config": self.cfg.to_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "epoch": self.epoch,
-            "elapsed_seconds": self.elapsed,
-            "rng": rng_state(),
         }
+
+    def _state(self) -> dict:
+        state = self._model_entry(0)
+        state.update(
+            optimizer=self.optimizer.state_dict(),
+            scheduler=self.scheduler.state_dict(),
+            scaler=self.scaler.state_dict(),
+            epoch=self.epoch,
+            elapsed_seconds=self.elapsed,
+            rng=rng_state(),
+        )
+        if len(self.models) > 1:
+            state["peers"] = [m.state_dict() for m in self.models]
+        return state
+
+    def _save(self) -> None:
+        atomic_save(self._state(), self.ckpt_path)
+        if len(self.models) > 1:
+            for i in range(len(self.models)):
+                atomic_save(self._model_entry(i), self.run_dir / f"peer{i}.pt")
 
     def _restore(self) -> None:
         ckpt = load_checkpoint(self.ckpt_path)
         if ckpt["config"] != self.cfg.to_dict():
             warnings.warn(f"resuming {self.ckpt_path} with a config that differs from the one it was trained with")
-        self.model.load_state_dict(ckpt["model"])
+        for model, state in zip(self.models, ckpt.get("peers", [ckpt["model"]])):
+            model.load_state_dict(state)
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
         self.scaler.load_state_dict(ckpt["scaler"])
@@ -177,6 +271,53 @@ class Trainer:
         with open(self.run_dir / "metrics.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
 
+    # ------------------------------------------------------------------ one step
+    def compute_loss(self, images: torch.Tensor, pids: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        """Forward every model on one batch; return the total loss and each part (floats).
+
+        Parts: each loss by name (``peer{i}.<name>`` with peers), ``dml`` / ``metric_mutual``
+        with peers, ``msgr`` when the regulariser is on.
+        """
+        msgr = self.cfg.msgr
+        if msgr.weight > 0 and msgr.include_input:
+            images.requires_grad_(True)
+        with autocast(self.device, self.cfg.train.amp):
+            outputs = [model.forward_train(images) for model in self.models]
+        outputs = [as_float(o) for o in outputs]
+        if len(outputs) == 1:
+            total, parts = self.criterion(outputs[0], pids)
+        else:
+            total, parts = self._peer_losses(outputs, pids)
+        if msgr.weight > 0:
+            penalty = self._msgr_penalty(total, images, outputs)
+            parts["msgr"] = float(penalty.detach())
+            total = total + msgr.weight * penalty
+        return total, parts
+
+    def _peer_losses(self, outputs: list[ReIDOutput], pids: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        total, parts = 0.0, {}
+        for i, out in enumerate(outputs):
+            t, p = self.criterion(out, pids)
+            total = total + t
+            parts.update({f"peer{i}.{k}": v for k, v in p.items()})
+        mutual = self.cfg.mutual
+        if all(o.logits is not None for o in outputs):
+            dml = deep_mutual_loss([o.logits for o in outputs])
+            parts["dml"] = float(dml.detach())
+            total = total + mutual.dml_weight * dml
+        mml = metric_mutual_loss([o.feature for o in outputs])
+        parts["metric_mutual"] = float(mml.detach())
+        return total + mutual.metric_weight * mml, parts
+
+    def _msgr_penalty(self, total: torch.Tensor, images: torch.Tensor, outputs: list[ReIDOutput]) -> torch.Tensor:
+        from .msgr import msgr_penalty, select_msgr_inputs
+
+        msgr, inputs = self.cfg.msgr, []
+        for i, out in enumerate(outputs):
+            with_input = msgr.include_input and i == 0  # the shared input image counts once
+            inputs += select_msgr_inputs(images, out.feature_maps, msgr.stages, with_input)
+        return msgr_penalty(total, inputs, msgr.norm)
+
     # ------------------------------------------------------------------ loop
     def _budget_spent(self) -> bool:
         budget = self.cfg.train.max_minutes
@@ -184,7 +325,8 @@ class Trainer:
 
     def train_one_epoch(self) -> dict:
         """One pass over the PK sampler; returns mean loss parts, lr and images/s."""
-        self.model.train()
+        self.models.train()
+        self._update_criterion()
         self.loader.sampler.set_epoch(self.epoch)
         sums: dict[str, float] = {}
         n_iter = n_img = 0
@@ -193,10 +335,7 @@ class Trainer:
         bar = tqdm(self.loader, desc=f"epoch {self.epoch + 1}", leave=False, disable=None)
         for images, pids, _camids, _idx in bar:
             images, pids = images.to(self.device, non_blocking=True), pids.to(self.device)
-            with autocast(self.device, self.cfg.train.amp):
-                output = self.model.forward_train(images)
-            output = as_float(output)
-            total, parts = self.criterion(output, pids)
+            total, parts = self.compute_loss(images, pids)
             if not torch.isfinite(total):
                 raise TrainingDiverged(
                     f"loss became {total.item()} at epoch {self.epoch + 1}, iteration {n_iter + 1} "
@@ -221,9 +360,14 @@ class Trainer:
         return record
 
     def evaluate(self) -> dict:
-        """Rank-k, mAP and mINP of the current model on the evaluation dataset."""
-        result = evaluate_model(self.model, self.eval_ds, self.cfg, self.device)
-        return result.as_dict()
+        """Rank-k, mAP and mINP of the current model (each peer's, prefixed ``peer{i}.``)."""
+        if len(self.models) == 1:
+            return evaluate_model(self.model, self.eval_ds, self.cfg, self.device).as_dict()
+        results = {}
+        for i, model in enumerate(self.models):
+            metrics = evaluate_model(model, self.eval_ds, self.cfg, self.device).as_dict()
+            results.update({f"peer{i}.{k}": v for k, v in metrics.items()})
+        return results
 
     def fit(self) -> dict:
         """Train to the end (or the budget), evaluate, write ``results.json``; return its content."""
@@ -234,7 +378,7 @@ class Trainer:
             self.scheduler.step()
             self.epoch += 1
             record.update(epoch=self.epoch, elapsed_minutes=self.elapsed / 60)
-            atomic_save(self._state(), self.ckpt_path)
+            self._save()
             if cfg.eval_every and self.epoch % cfg.eval_every == 0 and self.epoch < cfg.max_epochs:
                 record.update(self.evaluate())
             self._append_log(record)

@@ -20,11 +20,13 @@ class Features(NamedTuple):
         features: ``(N, D)`` float32 CPU tensor.
         pids: ``(N,)`` int64 numpy array.
         camids: ``(N,)`` int64 numpy array.
+        local: ``(N, S, C_l)`` float32 part features (AlignedReID stripes), or ``None``.
     """
 
     features: torch.Tensor
     pids: np.ndarray
     camids: np.ndarray
+    local: torch.Tensor | None = None
 
 
 def fast_cpu_defaults(device: torch.device) -> tuple[bool, bool]:
@@ -48,6 +50,7 @@ def extract_features(
     amp: bool | None = None,
     channels_last: bool | None = None,
     progress: bool = False,
+    with_local: bool = False,
 ) -> Features:
     """Embed every image a loader yields.
 
@@ -58,6 +61,7 @@ def extract_features(
         amp: mixed precision; ``None`` picks :func:`fast_cpu_defaults`.
         channels_last: NHWC memory layout; ``None`` picks :func:`fast_cpu_defaults`.
         progress: show a tqdm bar.
+        with_local: also keep ``forward_train(x).local_feature`` (models with a local branch).
 
     Returns:
         :class:`Features`, rows in loader order, float32 whatever the autocast dtype.
@@ -69,13 +73,23 @@ def extract_features(
     model = model.eval().to(device)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(memory_format=fmt)
-    feats, pids, camids = [], [], []
+    feats, local, pids, camids = [], [], [], []
     for batch in tqdm(loader, desc="extract", disable=not progress, leave=False):
         images = batch[0].to(device, non_blocking=True).contiguous(memory_format=fmt)
         with autocast(device, amp):
-            emb = model(images)
+            if with_local:
+                out = model.forward_train(images)
+                emb = out.embedding
+                local.append(out.local_feature.float().cpu())
+            else:
+                emb = model(images)
         feats.append(emb.float().cpu())
         pids.append(np.asarray(batch[1]))
         camids.append(np.asarray(batch[2]))
     model.to(memory_format=torch.contiguous_format)
-    return Features(torch.cat(feats), np.concatenate(pids).astype(np.int64), np.concatenate(camids).astype(np.int64))
+    return Features(
+        torch.cat(feats),
+        np.concatenate(pids).astype(np.int64),
+        np.concatenate(camids).astype(np.int64),
+        torch.cat(local) if with_local else None,
+    )

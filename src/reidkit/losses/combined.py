@@ -18,8 +18,9 @@ from typing import Any, NamedTuple
 from torch import Tensor, nn
 
 from .cross_entropy import CrossEntropyLoss
-from .distances import CosineDistance, EuclideanDistance
-from .triplet import BatchAllMiner, BatchHardMiner, TripletLoss
+from .distances import CosineDistance, Distance, EuclideanDistance
+from .semi_hard import SemiHardMiner
+from .triplet import BatchAllMiner, BatchHardMiner, TripletLoss, TripletMiner
 
 _INPUTS = ("logits", "feature", "output")
 
@@ -123,7 +124,31 @@ _DISTANCES: dict[str, Callable[[], nn.Module]] = {
     "squared_euclidean": partial(EuclideanDistance, squared=True),
     "cosine": CosineDistance,
 }
-_MINERS: dict[str, Callable[[], Any]] = {"batch_hard": BatchHardMiner, "batch_all": BatchAllMiner}
+_MINERS: dict[str, Callable[[], Any]] = {
+    "batch_hard": BatchHardMiner,
+    "batch_all": BatchAllMiner,
+    "semi_hard": SemiHardMiner,
+}
+
+
+def make_distance(name: str) -> Distance:
+    """A new :class:`Distance` (smaller is closer) by config name: ``"euclidean"``,
+    ``"squared_euclidean"`` or ``"cosine"``.
+
+    Raises:
+        ValueError: unknown name (the message lists the valid ones).
+    """
+    return _lookup("distance", name, _DISTANCES)()
+
+
+def make_miner(name: str) -> TripletMiner:
+    """A new :class:`TripletMiner` by config name: ``"batch_hard"``, ``"batch_all"`` or
+    ``"semi_hard"``.
+
+    Raises:
+        ValueError: unknown name (the message lists the valid ones).
+    """
+    return _lookup("mining", name, _MINERS)()
 
 
 def register_loss(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
@@ -179,7 +204,7 @@ def build_loss(spec: Mapping[str, Mapping[str, Any] | None]) -> CombinedLoss:
     loss can appear twice: ``{"tri_cos": {"type": "triplet", "distance": "cosine"}}``).
     ``weight`` defaults to 1; the other keys go to the loss factory. Triplet ``distance`` is one of
     ``"euclidean"``, ``"squared_euclidean"``, ``"cosine"``; ``mining`` one of ``"batch_hard"``,
-    ``"batch_all"``.
+    ``"batch_all"``, ``"semi_hard"``.
 
     Raises:
         ValueError: empty spec, an entry that is not a mapping, an unknown loss name or key, or
