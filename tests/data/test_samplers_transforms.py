@@ -52,3 +52,23 @@ def test_transforms_shapes_and_normalisation():
     torch.testing.assert_close(x[:, 10, 10], expected.float(), atol=1e-3, rtol=0)
     torch.manual_seed(0)
     assert build_transforms(cfg, train=True)(img).shape == (3, 64, 32)
+
+
+def test_check_images_reports_and_skips_truncated_file(tmp_path):
+    import warnings
+
+    from reidkit.data import ImageReadError, ReIDDataset
+
+    good, bad = tmp_path / "0001_c1_0.jpg", tmp_path / "0002_c2_0.jpg"
+    Image.new("RGB", (20, 40), (10, 20, 30)).save(good)
+    Image.new("RGB", (20, 40), (10, 20, 30)).save(bad)
+    bad.write_bytes(bad.read_bytes()[:60])  # truncated JPEG
+    items = [(str(good), 1, 0), (str(bad), 2, 1)]
+    ds = ReIDDataset(items, items, items)
+    with pytest.raises(ImageReadError, match="0002_c2_0.jpg"):
+        ds.check_images()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert ds.check_images(skip_unreadable=True) == [str(bad)]
+    assert "0002_c2_0.jpg" in str(caught[0].message)
+    assert [s.img_path for s in ds.query] == [str(good)]

@@ -9,7 +9,7 @@ from reidkit.losses import CrossEntropyLoss, build_loss
 from reidkit.losses.ncc import NCCLoss, ncc_best_match
 from reidkit.models import ReIDOutput, create_model
 
-EPS = 1e-6
+EPS = 1e-4  # ncc_best_match's default relative flatness threshold
 
 
 def _patch_vector(fmap, y, x, ph, pw):
@@ -17,12 +17,16 @@ def _patch_vector(fmap, y, x, ph, pw):
     return [fmap[c][y + i][x + j] for c in range(len(fmap)) for i in range(ph) for j in range(pw)]
 
 
+def _norm(u):
+    return math.sqrt(sum(t * t for t in u))
+
+
 def _ncc(u, v):
-    mu, mv = sum(u) / len(u), sum(v) / len(v)
-    du, dv = [t - mu for t in u], [t - mv for t in v]
-    nu = max(math.sqrt(sum(t * t for t in du)), EPS)
-    nv = max(math.sqrt(sum(t * t for t in dv)), EPS)
-    return sum(p * q for p, q in zip(du, dv)) / (nu * nv)
+    """NCC of two flat vectors; 0 when one is constant (centred norm <= EPS x its norm)."""
+    du, dv = [t - sum(u) / len(u) for t in u], [t - sum(v) / len(v) for t in v]
+    if _norm(du) <= EPS * _norm(u) or _norm(dv) <= EPS * _norm(v):
+        return 0.0
+    return sum(p * q for p, q in zip(du, dv)) / (_norm(du) * _norm(dv))
 
 
 def _loop_best_match(a, b, patch, search, stride):

@@ -67,6 +67,9 @@ class DataConfig:
         neg_pos_ratio: negative pairs per positive pair of the ``pairs`` sampler.
         num_workers: data-loading processes (``None``: automatic).
         eval_batch_size: images per batch at feature extraction.
+        skip_unreadable: decode every image once before training and drop unreadable ones with
+            a warning that lists them (otherwise the first unreadable image stops the run with
+            an error naming it).
     """
 
     name: str = "synthetic"
@@ -89,6 +92,7 @@ class DataConfig:
     neg_pos_ratio: float = 2.0
     num_workers: int | None = None
     eval_batch_size: int = 128
+    skip_unreadable: bool = False
 
 
 @dataclass
@@ -188,12 +192,15 @@ class TrainConfig:
 class EvalConfig:
     """Evaluation: distance ``euclidean`` or ``cosine`` (smaller is closer), feature L2 norm,
     and ``local_weight`` > 0 adds that times the AlignedReID local distance (models with a local
-    branch)."""
+    branch). ``amp`` (bfloat16 autocast on CPU) and ``channels_last`` at feature extraction:
+    ``None`` picks what ``benchmarks/bench_models.py`` measured faster on this kind of device."""
 
     metric: str = "euclidean"
     normalize: bool = True
     max_rank: int = 50
     local_weight: float = 0.0
+    amp: bool | None = None
+    channels_last: bool | None = None
 
 
 def _default_loss() -> dict:

@@ -23,7 +23,14 @@ def extract_split(model: nn.Module, dataset: ReIDDataset, split: str, cfg: Confi
         batch_size=cfg.data.eval_batch_size,
         num_workers=cfg.data.num_workers,
     )
-    return extract_features(model, loader, device, with_local=cfg.eval.local_weight > 0)
+    return extract_features(
+        model,
+        loader,
+        device,
+        amp=cfg.eval.amp,
+        channels_last=cfg.eval.channels_last,
+        with_local=cfg.eval.local_weight > 0,
+    )
 
 
 def evaluate_model(model: nn.Module, dataset: ReIDDataset, cfg: Config, device: torch.device):

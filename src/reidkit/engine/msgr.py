@@ -94,8 +94,8 @@ def _check_args(loss: Tensor, inputs: Sequence[Tensor], norm: str, loss_reductio
         raise ValueError("msgr_penalty needs at least one input tensor")
     for i, h in enumerate(inputs):
         if not h.requires_grad:
-            raise ValueError(f"inputs[{i}] does not require grad; for images call images.requires_grad_() "
-                             "before the forward pass")
+            msg = f"inputs[{i}] does not require grad; for images call images.requires_grad_() before the forward"
+            raise ValueError(msg)
     return _NORMS[norm]
 
 

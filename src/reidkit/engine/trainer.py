@@ -69,11 +69,19 @@ def transform_config(data: DataConfig) -> TransformConfig:
 
 
 def build_datasets(data: DataConfig) -> tuple[ReIDDataset, ReIDDataset]:
-    """``(train dataset, evaluation dataset)``; the same object unless ``eval_name`` is set."""
+    """``(train dataset, evaluation dataset)``; the same object unless ``eval_name`` is set.
+
+    With ``data.skip_unreadable`` every image is decoded once and unreadable ones are dropped
+    with a warning (:meth:`~reidkit.data.ReIDDataset.check_images`).
+    """
     train_ds = create_dataset(data.name, root=data.root, **data.options)
-    if data.eval_name is None:
-        return train_ds, train_ds
-    return train_ds, create_dataset(data.eval_name, root=data.eval_root, **data.eval_options)
+    eval_ds = train_ds
+    if data.eval_name is not None:
+        eval_ds = create_dataset(data.eval_name, root=data.eval_root, **data.eval_options)
+    if data.skip_unreadable:
+        for ds in {id(train_ds): train_ds, id(eval_ds): eval_ds}.values():
+            ds.check_images(skip_unreadable=True)
+    return train_ds, eval_ds
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
@@ -106,6 +114,15 @@ def lr_factor(epoch: int, cfg: SchedConfig, max_epochs: int) -> float:
     if cfg.name == "constant":
         return 1.0
     raise ConfigError(f"sched.name: unknown schedule {cfg.name!r}; valid: step, cosine, constant")
+
+
+def _tensorboard_writer(log_dir: Path):
+    """A TensorBoard ``SummaryWriter`` when the ``tensorboard`` extra is installed, else ``None``."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(log_dir=str(log_dir))
 
 
 def peer_model_configs(cfg: Config) -> list[ModelConfig]:
@@ -209,6 +226,7 @@ class Trainer:
         if resume:
             self._restore()
         save_config(cfg, self.run_dir / "config.yaml")
+        self._tensorboard = _tensorboard_writer(self.run_dir / "tensorboard")
 
     def _build_model(self, mcfg: ModelConfig, num_classes: int):
         torch.manual_seed(mcfg.init_seed)
@@ -270,6 +288,11 @@ class Trainer:
     def _append_log(self, record: dict) -> None:
         with open(self.run_dir / "metrics.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
+        if self._tensorboard is not None:
+            for key, value in record.items():
+                if isinstance(value, (int, float)) and not isinstance(value, bool) and key != "epoch":
+                    self._tensorboard.add_scalar(key, value, self.epoch)
+            self._tensorboard.flush()
 
     # ------------------------------------------------------------------ one step
     def compute_loss(self, images: torch.Tensor, pids: torch.Tensor) -> tuple[torch.Tensor, dict]:

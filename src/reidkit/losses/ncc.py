@@ -10,8 +10,8 @@ so that patterns shared by different people (dark hair) are not forced apart.
 
 NCC of two patch vectors ``u, v`` (each the ``C x ph x pw`` values of one patch, all channels
 together) is ``<u - mean(u), v - mean(v)> / (|u - mean(u)| |v - mean(v)|)`` in ``[-1, 1]``,
-larger is more similar. Each norm is clamped below at ``eps``, so a constant patch has NCC 0 with
-everything (not NaN) and its gradient stays finite.
+larger is more similar. A constant patch (``u - mean(u) = 0``, up to rounding; see ``eps`` of
+:func:`ncc_best_match`) has NCC 0 with everything, not NaN, and gradients stay finite.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ def ncc_best_match(
     patch: Sequence[int] = (3, 3),
     search: Sequence[int | None] = (5, None),
     stride: int | Sequence[int] | None = None,
-    eps: float = 1e-6,
+    eps: float = 1e-4,
 ) -> Tensor:
     """For every patch of ``a``, the largest NCC with a patch of ``b`` in its search region.
 
@@ -52,7 +52,9 @@ def ncc_best_match(
         search: ``(sh, sw)`` search region in map cells; ``None`` for a side means the whole
             height or width.
         stride: step of ``a``'s patch grid, an int or ``(rows, cols)``; ``None`` = ``patch``.
-        eps: lower clamp of the centred patch norms.
+        eps: relative flatness threshold: a patch whose centred norm is at most ``eps`` times
+            its uncentred norm (a constant patch, up to float32 rounding of its mean; an
+            all-zero patch) has NCC 0 with every patch, and no gradient.
 
     Returns:
         ``(N, P)`` float32 best-match NCC in ``[-1, 1]`` (larger is more similar), one per patch
@@ -82,12 +84,15 @@ def ncc_best_match(
 
 
 def _unit_patches(x: Tensor, patch: tuple[int, int], stride: tuple[int, int], eps: float) -> Tensor:
-    """``x: (N, C, H, W)`` -> centred, unit-norm patch vectors ``(N, C*ph*pw, R, Cols)``."""
+    """``x: (N, C, H, W)`` -> centred, unit-norm patch vectors ``(N, C*ph*pw, R, Cols)``;
+    flat patches (centred norm ``<= eps`` x uncentred norm) become zero vectors."""
     rows = (x.shape[2] - patch[0]) // stride[0] + 1
     cols = F.unfold(x, patch, stride=stride)  # (N, D, R * Cols)
-    cols = cols - cols.mean(dim=1, keepdim=True)
-    cols = F.normalize(cols, dim=1, eps=eps)  # norm clamped at eps: constant patch -> 0
-    return cols.unflatten(2, (rows, -1))  # (N, D, R, Cols)
+    centred = cols - cols.mean(dim=1, keepdim=True)
+    norm = centred.norm(dim=1, keepdim=True)  # (N, 1, R * Cols)
+    flat = norm <= eps * cols.detach().norm(dim=1, keepdim=True)
+    unit = torch.where(flat, torch.zeros_like(centred), centred / norm.clamp_min(1e-30))
+    return unit.unflatten(2, (rows, -1))  # (N, D, R, Cols)
 
 
 def _row_band(b_hat: Tensor, rows_a: int, step: int, half: int) -> tuple[Tensor, Tensor]:
@@ -115,7 +120,8 @@ def _search_halves(search: Sequence[int | None], height: int, width: int) -> tup
     """``(sh // 2, sw // 2)``; a ``None`` side covers the whole map."""
     if len(search) != 2:
         raise ValueError(f"search must be (sh, sw), got {search!r}")
-    rows, cols = (full if s is None else _positive(s, "search") // 2 for s, full in zip(search, (height, width)))
+    sizes = zip(search, (height, width))
+    rows, cols = (full if s is None else _positive(s, "search") // 2 for s, full in sizes)
     return rows, cols
 
 
@@ -132,13 +138,18 @@ def _positive(value: Any, name: str) -> int:
     return value
 
 
+def _check_map(x: Any, name: str) -> None:
+    if not isinstance(x, Tensor) or x.dim() != 4 or not x.is_floating_point():
+        got = f"{tuple(x.shape)} {x.dtype}" if isinstance(x, Tensor) else type(x).__name__
+        raise ValueError(f"{name} must be a (N, C, H, W) floating tensor, got {got}")
+
+
 def _check_maps(a: Any, b: Any) -> None:
-    for name, x in (("a", a), ("b", b)):
-        if not isinstance(x, Tensor) or x.dim() != 4 or not x.is_floating_point():
-            got = f"{tuple(x.shape)} {x.dtype}" if isinstance(x, Tensor) else type(x).__name__
-            raise ValueError(f"{name} must be a (N, C, H, W) floating tensor, got {got}")
+    _check_map(a, "a")
+    _check_map(b, "b")
     if a.shape != b.shape:
-        raise ValueError(f"a and b must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}")
+        shapes = f"{tuple(a.shape)} and {tuple(b.shape)}"
+        raise ValueError(f"a and b must have the same shape, got {shapes}")
 
 
 @register_loss("ncc")
@@ -225,9 +236,7 @@ class NCCLoss(ReIDLoss):
 
 
 def _check_pairs(fmap: Any, labels: Any) -> None:
-    if not isinstance(fmap, Tensor) or fmap.dim() != 4 or not fmap.is_floating_point():
-        got = f"{tuple(fmap.shape)} {fmap.dtype}" if isinstance(fmap, Tensor) else type(fmap).__name__
-        raise ValueError(f"the feature map must be a (B, C, H, W) floating tensor, got {got}")
+    _check_map(fmap, "the feature map")
     if not isinstance(labels, Tensor) or labels.dim() != 1 or labels.dtype not in _INTEGER_DTYPES:
         raise ValueError(f"labels must be a (B,) integer tensor, got {labels!r}")
     batch = fmap.shape[0]
