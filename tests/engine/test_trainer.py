@@ -100,3 +100,20 @@ def test_lr_factor_schedules():
     assert lr_factor(0, cos, 10) == 1.0
     assert math.isclose(lr_factor(5, cos, 10), 0.5)
     assert math.isclose(lr_factor(10, cos, 10), 0.0, abs_tol=1e-12)
+
+
+def test_time_based_schedule(tmp_path):
+    from reidkit.engine.config import ConfigError
+    from reidkit.engine.trainer import schedule_epoch
+
+    assert schedule_epoch(30.0, 1.0, 10) == 5.0
+    assert schedule_epoch(120.0, 1.0, 10) == 10.0
+    with pytest.raises(ConfigError, match="max_minutes"):
+        schedule_epoch(1.0, None, 10)
+    cfg = tiny_config(max_epochs=1000, max_minutes=0.02)
+    cfg.sched.name, cfg.sched.by_time = "cosine", True
+    trainer = Trainer(cfg, tmp_path, log=quiet)
+    trainer.fit()
+    # the budget, not max_epochs, ended the run, and the cosine schedule reached its end
+    assert trainer.epoch < 1000 and trainer.elapsed >= 0.02 * 60
+    assert trainer.optimizer.param_groups[0]["lr"] < 0.25 * cfg.optim.lr

@@ -156,13 +156,19 @@ class OptimConfig:
 @dataclass
 class SchedConfig:
     """Learning-rate schedule per epoch: linear warmup then ``step`` (x gamma at each milestone)
-    or ``cosine`` (to 0 at ``train.max_epochs``) or ``constant``."""
+    or ``cosine`` (to 0 at ``train.max_epochs``) or ``constant``.
+
+    ``by_time: true`` runs the same schedule against the wall-clock budget instead of epochs:
+    after ``t`` of ``train.max_minutes`` the schedule stands at epoch ``t / max_minutes *
+    max_epochs`` (set per iteration), so a fixed time budget gets a complete schedule whatever
+    the model's speed (used for the CPU-scale ablations)."""
 
     name: str = "step"
     warmup_epochs: int = 0
     warmup_factor: float = 0.1
     milestones: list = field(default_factory=list)
     gamma: float = 0.1
+    by_time: bool = False
 
 
 @dataclass

@@ -98,8 +98,9 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer
     raise ConfigError(f"optim.name: unknown optimiser {cfg.name!r}; valid: adam, amsgrad, sgd")
 
 
-def lr_factor(epoch: int, cfg: SchedConfig, max_epochs: int) -> float:
-    """Learning-rate multiplier for 0-based ``epoch``: linear warmup, then step/cosine/constant.
+def lr_factor(epoch: float, cfg: SchedConfig, max_epochs: int) -> float:
+    """Learning-rate multiplier for 0-based ``epoch`` (fractional for time-based schedules):
+    linear warmup, then step/cosine/constant.
 
     Raises:
         ConfigError: unknown schedule name.
@@ -114,6 +115,17 @@ def lr_factor(epoch: int, cfg: SchedConfig, max_epochs: int) -> float:
     if cfg.name == "constant":
         return 1.0
     raise ConfigError(f"sched.name: unknown schedule {cfg.name!r}; valid: step, cosine, constant")
+
+
+def schedule_epoch(elapsed_seconds: float, max_minutes: float | None, max_epochs: int) -> float:
+    """The (fractional) schedule epoch of a time-based schedule: budget share x ``max_epochs``.
+
+    Raises:
+        ConfigError: no ``train.max_minutes`` budget is set.
+    """
+    if not max_minutes:
+        raise ConfigError("sched.by_time needs a wall-clock budget train.max_minutes")
+    return min(1.0, elapsed_seconds / (max_minutes * 60)) * max_epochs
 
 
 def _tensorboard_writer(log_dir: Path):
@@ -342,6 +354,16 @@ class Trainer:
         return msgr_penalty(total, inputs, msgr.norm)
 
     # ------------------------------------------------------------------ loop
+    def _time_based_lr(self) -> None:
+        """With ``sched.by_time``, set the learning rate from the share of the wall-clock budget
+        spent: the schedule's epoch is ``elapsed / budget * max_epochs`` (fractional)."""
+        if not self.cfg.sched.by_time:
+            return
+        epoch = schedule_epoch(self.elapsed, self.cfg.train.max_minutes, self.cfg.train.max_epochs)
+        factor = lr_factor(epoch, self.cfg.sched, self.cfg.train.max_epochs)
+        for group in self.optimizer.param_groups:
+            group["lr"] = group["initial_lr"] * factor
+
     def _budget_spent(self) -> bool:
         budget = self.cfg.train.max_minutes
         return budget is not None and self.elapsed >= budget * 60
@@ -365,6 +387,7 @@ class Trainer:
                     f"(parts: {parts}); the last good checkpoint {self.ckpt_path} is kept. "
                     "Lower optim.lr or turn train.amp off."
                 )
+            self._time_based_lr()
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(total).backward()
             self.scaler.step(self.optimizer)
