@@ -93,10 +93,9 @@ class PairSampler(Sampler[int]):
         pos = self._positive_pairs(rng, _stream(rng, self.positive_anchors, total_pos))
         neg = self._negative_pairs(rng, _stream(rng, np.arange(len(self.pids)), total_neg))
         for b in range(self.num_batches):
-            batch = np.concatenate(
-                [pos[b * self.num_pos : (b + 1) * self.num_pos],
-                 neg[b * self.num_neg : (b + 1) * self.num_neg]]
-            )  # (n, 2)
+            pos_b = pos[b * self.num_pos : (b + 1) * self.num_pos]  # (n_pos, 2)
+            neg_b = neg[b * self.num_neg : (b + 1) * self.num_neg]  # (n_neg, 2)
+            batch = np.concatenate([pos_b, neg_b])  # (n, 2), then pairs in random order
             yield from (int(i) for i in batch[rng.permutation(len(batch))].ravel())
 
     def _positive_pairs(self, rng: np.random.Generator, anchors: np.ndarray) -> np.ndarray:

@@ -9,7 +9,9 @@ through the ``S x S`` matrix of normalised stripe distances
 which lies in ``[0, 1)``. The *local distance* is the total of the shortest path from ``(0, 0)``
 to ``(S-1, S-1)`` through that matrix, moving right or down: it matches every stripe of one image
 with stripes of the other in top-to-bottom order (dynamic alignment), so it lies in
-``[0, 2S - 1)``. Every distance here is *smaller is closer*.
+``[0, 2S - 1)``. Every distance here is *smaller is closer*. The path always visits ``2S - 1``
+cells, ``S - 1`` of them off the diagonal, so an image's local distance to itself is 0 only when
+all its stripes coincide; it is symmetric: ``L(x, y) = L(y, x)``.
 
 :class:`LocalTripletLoss` is the paper's local branch loss: triplets are mined on the *global*
 distance, and the triplet loss is applied to the local distances of those pairs.

@@ -99,10 +99,11 @@ def _row_band(b_hat: Tensor, rows_a: int, step: int, half: int) -> tuple[Tensor,
     """Rows of ``b_hat`` within ``±half`` of each ``a`` patch row ``r * step``.
 
     Returns:
-        ``band: (N, D, Ra, O, Wb)`` with ``O = 2 * half + 1`` (zeros outside ``b``) and
+        ``band: (N, D, Ra, O, Wb)`` with ``O = 2 * min(half, Hb - 1) + 1`` (zeros outside ``b``) and
         ``row_ok: (Ra, O)`` bool, True where the row lies inside ``b``.
     """
     rows_b = b_hat.shape[2]
+    half = min(half, rows_b - 1)  # farther rows never exist: a whole-height search stays small
     offsets = torch.arange(-half, half + 1, device=b_hat.device)  # (O,)
     rows = torch.arange(rows_a, device=b_hat.device)[:, None] * step + offsets  # (Ra, O)
     row_ok = (rows >= 0) & (rows < rows_b)
