@@ -8,6 +8,7 @@ hard-mining triplet and margin sample mining. :class:`CombinedLoss` takes a mode
 ``input`` attribute; :func:`build_loss` builds one from config data.
 """
 
+from .aligned import LocalTripletLoss, local_distance, shortest_path
 from .base import ClassificationLoss, MetricLoss, ReIDLoss
 from .combined import (
     CombinedLoss,
@@ -36,6 +37,9 @@ from .triplet import (
 )
 
 __all__ = [
+    "LocalTripletLoss",
+    "local_distance",
+    "shortest_path",
     "BatchAllMiner",
     "BatchHardMiner",
     "ClassificationLoss",

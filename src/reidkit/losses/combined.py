@@ -123,6 +123,7 @@ _DISTANCES: dict[str, Callable[[], nn.Module]] = {
     "euclidean": EuclideanDistance,
     "squared_euclidean": partial(EuclideanDistance, squared=True),
     "cosine": CosineDistance,
+    "normalized_euclidean": partial(EuclideanDistance, normalize=True),
 }
 _MINERS: dict[str, Callable[[], Any]] = {
     "batch_hard": BatchHardMiner,
@@ -133,7 +134,8 @@ _MINERS: dict[str, Callable[[], Any]] = {
 
 def make_distance(name: str) -> Distance:
     """A new :class:`Distance` (smaller is closer) by config name: ``"euclidean"``,
-    ``"squared_euclidean"`` or ``"cosine"``.
+    ``"squared_euclidean"``, ``"cosine"`` or ``"normalized_euclidean"`` (Euclidean between
+    L2-normalised vectors).
 
     Raises:
         ValueError: unknown name (the message lists the valid ones).
