@@ -421,7 +421,8 @@ class Trainer:
         self.log(f"{self.train_ds}\nrun dir: {self.run_dir}  device: {self.device}")
         while self.epoch < cfg.max_epochs and not self._budget_spent():
             record = self.train_one_epoch()
-            self.scheduler.step()
+            if not self.cfg.sched.by_time:  # a time-based schedule sets the rate every iteration
+                self.scheduler.step()
             self.epoch += 1
             record.update(epoch=self.epoch, elapsed_minutes=self.elapsed / 60)
             self._save()

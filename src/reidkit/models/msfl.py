@@ -34,6 +34,9 @@ paper's 27 M (baseline 24.56 M, which :func:`reidkit.models.resnet.resnet50` wit
 them (``anti_alias=False``) the count is 28.21 M, 4.5 % above the paper's figure: the paper's
 count suggests its model had no (or much cheaper) anti-aliasing convs. The default keeps them,
 as the text describes them; pass ``anti_alias=False`` for the paper's parameter budget.
+Multiply-adds (conv + linear) at 256x128, measured: 11.62 G with the 3x3 convs (the one on P2
+alone costs 4.83 G), 5.21 G without, against the paper's 5.9 G (baseline: 2.67 G measured, 2.6 G
+in the paper).
 """
 
 from __future__ import annotations
