@@ -9,8 +9,9 @@ from reidkit.demo import run_demo
 
 @pytest.mark.slow
 def test_brief_training_beats_untrained(tmp_path):
-    # 15 of the recipe's 60 epochs (about 30 s here) already separate the two clearly.
-    summary = run_demo(tmp_path, overrides=["train.max_epochs=15", "data.num_workers=0"], log=lambda *_: None)
+    # The demo recipe as `make demo` runs it (about two minutes on 2 CPU cores), without its
+    # wall-clock cap so that a busy machine cannot shorten training.
+    summary = run_demo(tmp_path, overrides=["train.max_minutes=null"], log=lambda *_: None)
     before, after = summary["untrained"], summary["trained"]
     assert after["rank1"] > before["rank1"] + 0.15, summary
     assert after["mAP"] > before["mAP"] + 0.1, summary
