@@ -18,7 +18,7 @@ for name in "${names[@]}"; do
   if [ -f "$out/results.json" ]; then echo "skip $name (done)"; continue; fi
   echo "=== $name ($cfg) $(date -u +%H:%M:%S)"
   extra=()
-  [ "$name" = mspcnn ] && extra=(--set train.max_minutes=4.0 --set sched.by_time=true)
+  [ "$name" = mspcnn ] && extra=(--set train.max_minutes=3.5 --set sched.by_time=true)
   $PY -m reidkit.cli train "$cfg" --output "$out" "${extra[@]}" > "runs/ablations/$name.log" 2>&1 \
     || { echo "FAILED $name: see runs/ablations/$name.log"; tail -5 "runs/ablations/$name.log"; }
 done
