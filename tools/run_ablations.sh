@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 names=("$@")
 if [ ${#names[@]} -eq 0 ]; then
-  names=($(ls configs/ablations/ | sed -n 's/^cuhk01_\(.*\)\.yaml$/\1/p'))
+  names=(baseline msfl msfl_msgr ce ce_contrastive ce_semi_hard ce_improved_triplet ce_quadruplet ce_soft_hard ce_msml mutual aligned)
   [ -f configs/mspcnn_cuhk01.yaml ] && names+=(mspcnn)
 fi
 mkdir -p runs/ablations
@@ -18,7 +18,7 @@ for name in "${names[@]}"; do
   if [ -f "$out/results.json" ]; then echo "skip $name (done)"; continue; fi
   echo "=== $name ($cfg) $(date -u +%H:%M:%S)"
   extra=()
-  [ "$name" = mspcnn ] && extra=(--set train.max_minutes=3.5 --set sched.by_time=true)
+  [ "$name" = mspcnn ] && extra=(--set train.max_epochs=6 --set train.max_minutes=15)
   $PY -m reidkit.cli train "$cfg" --output "$out" "${extra[@]}" > "runs/ablations/$name.log" 2>&1 \
     || { echo "FAILED $name: see runs/ablations/$name.log"; tail -5 "runs/ablations/$name.log"; }
 done

@@ -42,8 +42,8 @@ def ncc_best_match(
     positions (step 1) whose centre lies within ``±(sh // 2)`` rows and ``±(sw // 2)`` columns of
     the ``a`` patch's centre, and inside ``b``. ``search=(5, None)`` is MSP-CNN's "wide region on
     roughly the same height": two rows up or down, any column. Every region contains the patch at
-    the same position, so it is never empty. Computed in float32 with autocast disabled; the
-    row band is gathered so memory and work grow with ``sh``, not with ``H``.
+    the same position, so it is never empty. Computed in float32 with autocast disabled; only
+    the row band of ``b`` is gathered, so memory and work grow with ``sh``, not with ``H``.
 
     Args:
         a: ``(N, C, H, W)`` float feature maps of the first images.
@@ -75,9 +75,10 @@ def ncc_best_match(
     with torch.autocast(device_type=a.device.type, enabled=False):
         a_hat = _unit_patches(a.float(), (ph, pw), (sr, sc), eps)  # (N, D, Ra, Ca)
         b_hat = _unit_patches(b.float(), (ph, pw), (1, 1), eps)  # (N, D, Hb, Wb)
-        band, row_ok = _row_band(b_hat, a_hat.shape[2], sr, half_r)  # (N, D, Ra, O, Wb)
-        scores = torch.einsum("ndrc,ndrok->nrcok", a_hat, band)  # (N, Ra, Ca, O, Wb)
-        col_ok = _column_window(a_hat.shape[3], b_hat.shape[3], sc, half_c, a.device)  # (Ca, Wb)
+        rows, row_ok = _row_band(a_hat.shape[2], sr, half_r, b_hat.shape[2], a.device)  # (Ra, O)
+        band = b_hat[:, :, rows]  # (N, D, Ra, O, Wb)
+        scores = torch.einsum("ndrc,ndrok->nrcok", a_hat, band)  # NCC, (N, Ra, Ca, O, Wb)
+        col_ok = _column_window(a_hat.shape[3], b_hat.shape[3], sc, half_c, a.device)
         valid = row_ok[:, None, :, None] & col_ok[None, :, None, :]  # (Ra, Ca, O, Wb)
         best = scores.masked_fill(~valid, float("-inf")).amax(dim=(3, 4))  # (N, Ra, Ca)
     return best.flatten(1)  # (N, P)
@@ -91,24 +92,23 @@ def _unit_patches(x: Tensor, patch: tuple[int, int], stride: tuple[int, int], ep
     centred = cols - cols.mean(dim=1, keepdim=True)
     norm = centred.norm(dim=1, keepdim=True)  # (N, 1, R * Cols)
     flat = norm <= eps * cols.detach().norm(dim=1, keepdim=True)
-    unit = torch.where(flat, torch.zeros_like(centred), centred / norm.clamp_min(1e-30))
-    return unit.unflatten(2, (rows, -1))  # (N, D, R, Cols)
+    scale = torch.where(flat, 0.0, 1.0 / norm.clamp_min(1e-30))  # (N, 1, R * Cols)
+    return (centred * scale).unflatten(2, (rows, -1))  # (N, D, R, Cols)
 
 
-def _row_band(b_hat: Tensor, rows_a: int, step: int, half: int) -> tuple[Tensor, Tensor]:
-    """Rows of ``b_hat`` within ``±half`` of each ``a`` patch row ``r * step``.
+def _row_band(rows_a: int, step: int, half: int, rows_b: int, device) -> tuple[Tensor, Tensor]:
+    """Rows of ``b`` within ``±half`` of each ``a`` patch row ``r * step``.
 
     Returns:
-        ``band: (N, D, Ra, O, Wb)`` with ``O = 2 * min(half, Hb - 1) + 1`` (zeros outside ``b``) and
-        ``row_ok: (Ra, O)`` bool, True where the row lies inside ``b``.
+        ``rows: (Ra, O)`` int64 row indices clamped into ``[0, Hb)``, ``O = 2 * half' + 1`` with
+        ``half' = min(half, Hb - 1)`` (farther rows never exist), and ``row_ok: (Ra, O)`` bool,
+        True where the unclamped row lies inside ``b``.
     """
-    rows_b = b_hat.shape[2]
-    half = min(half, rows_b - 1)  # farther rows never exist: a whole-height search stays small
-    offsets = torch.arange(-half, half + 1, device=b_hat.device)  # (O,)
-    rows = torch.arange(rows_a, device=b_hat.device)[:, None] * step + offsets  # (Ra, O)
+    half = min(half, rows_b - 1)
+    offsets = torch.arange(-half, half + 1, device=device)  # (O,)
+    rows = torch.arange(rows_a, device=device)[:, None] * step + offsets  # (Ra, O)
     row_ok = (rows >= 0) & (rows < rows_b)
-    padded = F.pad(b_hat, (0, 0, half, half))  # (N, D, Hb + 2 half, Wb)
-    return padded[:, :, rows + half], row_ok  # (N, D, Ra, O, Wb)
+    return rows.clamp(0, rows_b - 1), row_ok
 
 
 def _column_window(cols_a: int, cols_b: int, step: int, half: int, device) -> Tensor:
