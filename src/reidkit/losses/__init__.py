@@ -24,6 +24,7 @@ from .cross_entropy import CrossEntropyLoss
 from .distances import CosineDistance, Distance, EuclideanDistance
 from .improved_triplet import ImprovedTripletLoss
 from .margin_sample_mining import MarginSampleMiningLoss
+from .ncc import NCCLoss, ncc_best_match
 from .quadruplet import NegativePairs, QuadrupletLoss, hardest_negative_pairs
 from .semi_hard import SemiHardMiner
 from .soft_hard_triplet import SoftHardTripletLoss
@@ -37,6 +38,8 @@ from .triplet import (
 )
 
 __all__ = [
+    "NCCLoss",
+    "ncc_best_match",
     "LocalTripletLoss",
     "local_distance",
     "shortest_path",
