@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 import fnmatch
+import inspect
 
 from .base import DatasetError, ImageReadError, ReIDDataset, Sample, read_image, require_dir
 
@@ -38,12 +39,23 @@ def create_dataset(name: str, root: str | None = None, **options) -> ReIDDataset
 
     Raises:
         KeyError: ``name`` is not registered (the message lists the registered names).
-        DatasetError: the files under ``root`` are not in the expected layout.
+        DatasetError: an option the builder does not take (the message lists the valid ones), or
+            the files under ``root`` are not in the expected layout.
     """
     _import_all()
     if name not in _DATASETS:
         raise KeyError(f"unknown dataset {name!r}; registered: {', '.join(sorted(_DATASETS))}")
-    return _DATASETS[name](root=root, **options)
+    builder = _DATASETS[name]
+    params = inspect.signature(builder).parameters
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        unknown = sorted(set(options) - set(params))
+        if unknown:
+            valid = ", ".join(p for p in params if p != "root")
+            raise DatasetError(f"{name}: unknown option(s) {', '.join(unknown)}; valid options: {valid}")
+    try:
+        return builder(root=root, **options)
+    except TypeError as err:  # an option of the wrong type deep inside the builder
+        raise DatasetError(f"{name}: bad option value ({err})") from None
 
 
 def _import_all() -> None:

@@ -19,11 +19,14 @@ Conventions:
 from __future__ import annotations
 
 import os
+import stat
+import struct
 import warnings
 from collections.abc import Sequence
 from typing import NamedTuple
 
-from PIL import Image, UnidentifiedImageError
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 
 class Sample(NamedTuple):
@@ -39,33 +42,92 @@ class DatasetError(ValueError):
 
 
 class ImageReadError(OSError):
-    """An image file could not be read or decoded; ``.path`` names it."""
+    """An image file could not be read or decoded; ``.path`` names it, ``.reason`` says why."""
 
     def __init__(self, path: str, reason: str):
         super().__init__(f"cannot read image {path!r}: {reason}")
-        self.path = path
+        self.path, self.reason = path, reason
+
+    def __str__(self) -> str:
+        return f"cannot read image {self.path!r}: {self.reason}"
+
+    def __reduce__(self):
+        return type(self), (self.path, self.reason)
 
 
-def read_image(path: str) -> Image.Image:
-    """Read an image file as RGB.
+MAX_IMAGE_PIXELS = 40_000_000
+"""Largest image (width x height, pixels) :func:`read_image` decodes; a bigger header is refused
+before decoding (a "decompression bomb" declares a huge size in a tiny file). Person crops are
+far smaller; a whole 4K frame has 8.3 M pixels."""
+
+
+# read_image refuses big images itself, before PIL's own (higher) bomb warning would fire.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+
+
+def read_image(path: str, max_pixels: int | None = None) -> Image.Image:
+    """Read an image file as RGB, safely.
+
+    Only regular files are opened (a FIFO, device or folder named like an image would block or
+    fail); the header's size is checked against ``max_pixels`` before decoding; EXIF orientation
+    is applied (a phone JPEG shot upright reads upright); palette, grayscale, CMYK, 16-bit and
+    alpha images are converted to 8-bit RGB.
 
     Args:
         path: file path.
+        max_pixels: largest width x height accepted; ``None`` uses :data:`MAX_IMAGE_PIXELS`.
 
     Returns:
         A fully decoded RGB ``PIL.Image.Image``.
 
     Raises:
-        ImageReadError: the file is missing, unreadable, not an image, or truncated.
+        ImageReadError: the file is missing, not a regular file, too large, not an image,
+            truncated or corrupt; the message names the file and the reason.
     """
+    limit = MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
+    _check_regular_file(path)
     try:
         with Image.open(path) as img:
+            width, height = img.size
+            if width * height > limit:
+                raise ImageReadError(path, f"{width} x {height} pixels is above the limit of {limit:,} pixels")
             img.load()  # forces the full decode, so truncated files fail here
-            return img.convert("RGB")
+            return _to_rgb(ImageOps.exif_transpose(img))
+    except ImageReadError:
+        raise
+    except Image.DecompressionBombError:
+        raise ImageReadError(path, f"its header declares more than the limit of {limit:,} pixels (a decompression bomb?)") from None
     except FileNotFoundError:
         raise ImageReadError(path, "file not found") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
-        raise ImageReadError(path, f"{type(err).__name__}: {err}") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, TypeError, EOFError,
+            IndexError, KeyError, struct.error, ZeroDivisionError, MemoryError) as err:
+        raise ImageReadError(path, f"{type(err).__name__}: {' '.join(str(err).split())}") from None
+
+
+def _check_regular_file(path: str) -> None:
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise ImageReadError(path, "file not found") from None
+    except OSError as err:
+        raise ImageReadError(path, err.strerror or type(err).__name__) from None
+    if not stat.S_ISREG(mode):
+        raise ImageReadError(path, "not a regular file (a folder, FIFO, socket or device)")
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """8-bit RGB from any PIL mode: 16-bit, 32-bit and float grayscale are scaled to 0-255
+    (16-bit by 1/257, the others by their maximum), transparency is composed on black."""
+    if img.mode.startswith("I") or img.mode == "F":
+        values = np.asarray(img, dtype=np.float64)
+        peak = 65535.0 if img.mode.startswith("I;16") else max(float(values.max(initial=0)), 1.0)
+        img = Image.fromarray(np.clip(values * (255.0 / peak), 0, 255).astype(np.uint8), mode="L")
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGB", rgba.size, (0, 0, 0))
+        background.paste(rgba, mask=rgba.getchannel("A"))
+        return background
+    return img.convert("RGB")
 
 
 def _to_samples(items: Sequence, split: str, dataset: str) -> list[Sample]:
@@ -117,11 +179,25 @@ class ReIDDataset:
             raise DatasetError(f"{name}: the query split is empty; evaluation needs query images")
         if not self.gallery and not allow_empty_eval:
             raise DatasetError(f"{name}: the gallery split is empty; evaluation needs gallery images")
+        self.relabel = relabel
+        self.train_pid_map: dict[int, int] = {}
+        self.train = self._relabelled(train, {}) if relabel else train
+        if not relabel:
+            self.train_pid_map = {pid: pid for pid in sorted({s.pid for s in train})}
+
+    def _relabelled(self, train: list[Sample], previous: dict[int, int]) -> list[Sample]:
+        """``train`` with pids mapped to ``0..n-1`` (sorted); updates :attr:`train_pid_map`
+        (original pid -> label), composing with ``previous`` when the pids were labels already."""
         pids = sorted({s.pid for s in train})
-        self.train_pid_map = {pid: i for i, pid in enumerate(pids)}
-        if relabel:
-            train = [Sample(s.img_path, self.train_pid_map[s.pid], s.camid) for s in train]
-        self.train = train
+        label = {pid: i for i, pid in enumerate(pids)}
+        original = {v: k for k, v in previous.items()} if previous else {p: p for p in pids}
+        self.train_pid_map = {original[p]: label[p] for p in pids}
+        return [Sample(s.img_path, label[s.pid], s.camid) for s in train]
+
+    def original_train_pids(self) -> list[int]:
+        """The pid of each :attr:`train` item as in the source files (before relabelling)."""
+        back = {label: pid for pid, label in self.train_pid_map.items()}
+        return [back[s.pid] for s in self.train]
 
     # ------------------------------------------------------------------ statistics
     @staticmethod
@@ -183,7 +259,8 @@ class ReIDDataset:
                 f"{self.name}: skipping {len(bad)} unreadable image(s): " + ", ".join(sorted(badset)),
                 stacklevel=2,
             )
-            self.train = [s for s in self.train if s.img_path not in badset]
+            train = [s for s in self.train if s.img_path not in badset]
+            self.train = self._relabelled(train, self.train_pid_map) if self.relabel else train
             self.query = [s for s in self.query if s.img_path not in badset]
             self.gallery = [s for s in self.gallery if s.img_path not in badset]
         return [p for p, _ in bad]

@@ -1,16 +1,35 @@
-"""``torch.utils.data`` wrappers around a :class:`~reidkit.data.ReIDDataset` split."""
+"""``torch.utils.data`` wrappers around a :class:`~reidkit.data.ReIDDataset` split.
+
+An image that cannot be read inside a loader worker process does not surface as torch's
+``RuntimeError: Caught ImageReadError in DataLoader worker process 0`` with the worker's
+traceback: the worker hands back a marker naming the file, and :class:`ReIDLoader` raises the
+original :class:`~reidkit.data.ImageReadError` in the main process, so every caller gets one
+clear message naming the file, whether ``num_workers`` is 0 or not.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import os
+from collections.abc import Callable, Iterator, Sequence
+from typing import NamedTuple
 
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, default_collate
 
-from .base import ReIDDataset, Sample
+from .base import ImageReadError, ReIDDataset, Sample
+
+
+class Unreadable(NamedTuple):
+    """What a worker returns for an image it cannot read (picklable, no traceback)."""
+
+    path: str
+    reason: str
 
 
 class ImageDataset(Dataset):
     """Items of one split as ``(image (3, H, W) float, pid int64, camid int64, index int64)``.
+
+    An unreadable image yields an :class:`Unreadable` marker instead (turned back into
+    :class:`~reidkit.data.ImageReadError` by :class:`ReIDLoader`).
 
     Args:
         samples: the split's ``(img_path, pid, camid)`` items.
@@ -28,13 +47,38 @@ class ImageDataset(Dataset):
 
     def __getitem__(self, i: int):
         path, pid, camid = self.samples[i]
-        return self.transform(self.load_image(path)), pid, camid, i
+        try:
+            image = self.load_image(path)
+        except ImageReadError as err:
+            return Unreadable(err.path, err.reason)
+        return self.transform(image), pid, camid, i
+
+
+def collate_or_report(items: list):
+    """``default_collate``, unless an item is :class:`Unreadable`: then that marker."""
+    for item in items:
+        if isinstance(item, Unreadable):
+            return item
+    return default_collate(items)
+
+
+class ReIDLoader(DataLoader):
+    """A ``DataLoader`` that raises :class:`~reidkit.data.ImageReadError` (naming the file) in
+    the main process when a worker could not read an image.
+
+    Raises:
+        ImageReadError: while iterating, for the first unreadable image of a batch.
+    """
+
+    def __iter__(self) -> Iterator:
+        for batch in super().__iter__():
+            if isinstance(batch, Unreadable):
+                raise ImageReadError(batch.path, batch.reason)
+            yield batch
 
 
 def default_num_workers() -> int:
     """Data-loading worker processes: one less than the CPU count, at most 4."""
-    import os
-
     return max(0, min(4, (os.cpu_count() or 1) - 1))
 
 
@@ -43,16 +87,17 @@ def train_loader(
     transform: Callable,
     sampler,
     num_workers: int | None = None,
-) -> DataLoader:
+) -> ReIDLoader:
     """A training loader over ``dataset.train`` drawing batches of ``sampler.batch_size`` indices
     from ``sampler`` (a :class:`~reidkit.data.samplers.PKSampler` or a pair sampler)."""
-    return DataLoader(
+    return ReIDLoader(
         ImageDataset(dataset.train, dataset.load_image, transform),
         batch_size=sampler.batch_size,
         sampler=sampler,
         num_workers=default_num_workers() if num_workers is None else num_workers,
         drop_last=True,
         persistent_workers=False,
+        collate_fn=collate_or_report,
     )
 
 
@@ -62,13 +107,12 @@ def eval_loader(
     transform: Callable,
     batch_size: int = 128,
     num_workers: int | None = None,
-) -> DataLoader:
+) -> ReIDLoader:
     """An in-order loader over ``samples`` for feature extraction."""
-    return DataLoader(
+    return ReIDLoader(
         ImageDataset(samples, load_image, transform),
         batch_size=batch_size,
         shuffle=False,
         num_workers=default_num_workers() if num_workers is None else num_workers,
+        collate_fn=collate_or_report,
     )
-
-

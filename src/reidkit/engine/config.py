@@ -10,6 +10,7 @@ There is no config inheritance: one file per recipe.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -20,8 +21,36 @@ from typing import Any
 import yaml
 
 
+MAX_YAML_NODES = 100_000
+"""Largest config a YAML document may expand to (nodes, aliases counted at every use)."""
+
+
+class ConfigError(ValueError):
+    """A config file or override is invalid; the message names the key and what was expected."""
+
+
 class _Loader(yaml.SafeLoader):
-    """SafeLoader that also reads ``1e-3`` (no dot) as a float, as YAML 1.2 and users expect."""
+    """SafeLoader for configs: ``1e-3`` (no dot) is a float, as YAML 1.2 and users expect; a
+    duplicate key is an error; a document whose aliases expand past :data:`MAX_YAML_NODES`
+    nodes (an "alias bomb", a few hundred bytes that expand to gigabytes) is refused before it
+    is built."""
+
+    def construct_document(self, node):
+        _check_expanded_size(node)
+        return super().construct_document(node)
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                if isinstance(key, (str, int, float, bool)) and key in seen:
+                    line = key_node.start_mark.line + 1
+                    raise ConfigError(f"duplicate key {key!r} (line {seen[key]} and line {line})")
+                seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
 
 
 _Loader.add_implicit_resolver(
@@ -31,13 +60,40 @@ _Loader.add_implicit_resolver(
 )
 
 
+def _check_expanded_size(root) -> None:
+    """Raise if the node graph, with every alias expanded, has more than MAX_YAML_NODES nodes."""
+    sizes: dict[int, int] = {}
+
+    def size(node) -> int:
+        if id(node) in sizes:
+            return sizes[id(node)]
+        sizes[id(node)] = 1  # a recursive alias counts once instead of looping
+        children = node.value if isinstance(node.value, list) else []
+        total = 1
+        for child in children:
+            total += sum(size(n) for n in child) if isinstance(child, tuple) else size(child)
+            if total > MAX_YAML_NODES:
+                break
+        sizes[id(node)] = total
+        return total
+
+    if size(root) > MAX_YAML_NODES:
+        raise ConfigError(f"the YAML expands to more than {MAX_YAML_NODES:,} values through aliases (&/*); refused")
+
+
 def parse_yaml(text: str):
-    """YAML text to Python values (safe loading; ``1e-3`` is a float)."""
-    return yaml.load(text, Loader=_Loader)
+    """YAML text to Python values (safe loading; ``1e-3`` is a float; duplicate keys and alias
+    bombs refused).
 
-
-class ConfigError(ValueError):
-    """A config file or override is invalid; the message names the key and what was expected."""
+    Raises:
+        ConfigError: invalid YAML, a duplicate key or an alias bomb (the message says which).
+    """
+    try:
+        return yaml.load(text, Loader=_Loader)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"invalid YAML: {' '.join(str(err).split())}") from None
+    except RecursionError:
+        raise ConfigError("invalid YAML: nested too deeply") from None
 
 
 @dataclass
@@ -293,45 +349,193 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     """Apply ``section.key=value`` strings (values parsed as YAML) to nested mappings in place.
 
     Raises:
-        ConfigError: an override without ``=`` or that descends into a non-mapping.
+        ConfigError: an override without ``=``, with an empty key part, whose value is not valid
+            YAML, or that descends into a non-mapping.
     """
     for item in overrides or []:
-        if "=" not in item:
-            raise ConfigError(f"override {item!r} must look like section.key=value")
-        key, raw = item.split("=", 1)
+        key, sep, raw = item.partition("=")
         parts = key.strip().split(".")
+        if not sep or not all(p.strip() for p in parts):
+            raise ConfigError(f"--set {item!r}: expected section.key=value (e.g. optim.lr=1e-3)")
+        try:
+            value = parse_yaml(raw)
+        except ConfigError as err:
+            raise ConfigError(f"--set {item!r}: the value is not valid YAML ({err})") from None
         node = data
-        for part in parts[:-1]:
+        for depth, part in enumerate(parts[:-1]):
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
-                raise ConfigError(f"override {item!r}: {part!r} is not a section")
-        node[parts[-1]] = parse_yaml(raw)
+                section = ".".join(parts[: depth + 1])
+                raise ConfigError(f"--set {item!r}: {section!r} is a value, not a section")
+        node[parts[-1]] = value
+    return data
+
+
+def read_config_file(path: str | Path) -> dict:
+    """The mapping of a YAML config file.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ConfigError: not a regular file, not UTF-8, invalid YAML, empty (or only comments), or
+            not a mapping at the top level; the message names the file.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"config file {str(path)!r} does not exist")
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} is not a regular file")
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {err.start}); save the config as UTF-8") from None
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot be read: {err.strerror}") from None
+    try:
+        data = parse_yaml(text)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None
+    if data is None:
+        raise ConfigError(f"{path}: the config is empty; give at least one section (see configs/ for recipes)")
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections (data:, model:, ...), got {type(data).__name__}")
     return data
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
-    """Read a YAML config file (or the defaults when ``path`` is ``None``) and apply overrides.
+    """Read a YAML config file (or the defaults when ``path`` is ``None``), apply overrides and
+    validate every value (:func:`validate_config`).
 
     Raises:
         FileNotFoundError: the file does not exist.
-        ConfigError: invalid YAML, unknown key or wrong type; the message names the file.
+        ConfigError: see :func:`read_config_file`, :func:`apply_overrides` and
+            :func:`validate_config`; the message names the file and the key.
     """
-    data: dict = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"config file {str(path)!r} does not exist")
-        try:
-            data = parse_yaml(path.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{path}: invalid YAML: {err}") from None
-    data = apply_overrides(data, overrides or [])
+    data = read_config_file(path) if path is not None else {}
     try:
-        return config_from_dict(data)
+        return validate_config(config_from_dict(apply_overrides(data, overrides or [])))
     except ConfigError as err:
         raise ConfigError(f"{path or '<defaults>'}: {err}") from None
 
 
+# ---------------------------------------------------------------------------- value checks
+def _finite(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _rule(ok: bool, key: str, value, expected: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}={value!r}: expected {expected}")
+
+
+def _check_ints(values, key: str, low: int) -> None:
+    _rule(
+        isinstance(values, list) and all(isinstance(v, int) and not isinstance(v, bool) and v >= low for v in values),
+        key, values, f"a list of integers >= {low}",
+    )
+
+
+def _check_data(d: DataConfig) -> None:
+    _rule(d.height >= 8 and d.width >= 8, "data.height/width", (d.height, d.width), "sizes >= 8 pixels")
+    for key in ("flip_p", "random_erasing_p"):
+        _rule(_finite(getattr(d, key)) and 0 <= getattr(d, key) <= 1, f"data.{key}", getattr(d, key), "a probability in [0, 1]")
+    _rule(d.pad >= 0, "data.pad", d.pad, "pixels >= 0")
+    _rule(_finite(d.color_jitter) and d.color_jitter >= 0, "data.color_jitter", d.color_jitter, "a number >= 0")
+    if d.resize is not None:
+        _check_ints(d.resize, "data.resize", 8)
+        _rule(len(d.resize) == 2, "data.resize", d.resize, "[height, width]")
+    _rule(d.sampler in ("pk", "pairs"), "data.sampler", d.sampler, "'pk' or 'pairs'")
+    _rule(d.num_pids_per_batch >= 1, "data.num_pids_per_batch", d.num_pids_per_batch, "an integer >= 1 (P)")
+    _rule(d.num_instances >= 1, "data.num_instances", d.num_instances, "an integer >= 1 (K)")
+    _rule(d.batch_size is None or d.batch_size >= 2, "data.batch_size", d.batch_size, "null or an integer >= 2")
+    _rule(_finite(d.neg_pos_ratio) and d.neg_pos_ratio > 0, "data.neg_pos_ratio", d.neg_pos_ratio, "a number > 0")
+    _rule(d.num_workers is None or d.num_workers >= 0, "data.num_workers", d.num_workers, "null or an integer >= 0")
+    _rule(d.eval_batch_size >= 1, "data.eval_batch_size", d.eval_batch_size, "an integer >= 1")
+    for key in ("options", "eval_options"):
+        _rule(all(isinstance(k, str) for k in getattr(d, key)), f"data.{key}", getattr(d, key), "a mapping with text keys")
+
+
+def _check_training(cfg: "Config") -> None:
+    o, s, t = cfg.optim, cfg.sched, cfg.train
+    _rule(o.name in ("adam", "amsgrad", "sgd"), "optim.name", o.name, "one of adam, amsgrad, sgd")
+    _rule(_finite(o.lr) and 0 < o.lr <= 10, "optim.lr", o.lr, "a learning rate in (0, 10]")
+    _rule(_finite(o.weight_decay) and o.weight_decay >= 0, "optim.weight_decay", o.weight_decay, "a number >= 0")
+    _rule(_finite(o.momentum) and 0 <= o.momentum < 1, "optim.momentum", o.momentum, "a number in [0, 1)")
+    _rule(s.name in ("step", "cosine", "constant"), "sched.name", s.name, "one of step, cosine, constant")
+    _rule(s.warmup_epochs >= 0, "sched.warmup_epochs", s.warmup_epochs, "an integer >= 0")
+    _rule(_finite(s.warmup_factor) and 0 < s.warmup_factor <= 1, "sched.warmup_factor", s.warmup_factor, "a number in (0, 1]")
+    _check_ints(s.milestones, "sched.milestones", 0)
+    _rule(_finite(s.gamma) and 0 < s.gamma <= 1, "sched.gamma", s.gamma, "a number in (0, 1]")
+    _rule(t.max_epochs >= 1, "train.max_epochs", t.max_epochs, "an integer >= 1")
+    budget = t.max_minutes
+    _rule(budget is None or (_finite(budget) and budget > 0), "train.max_minutes", budget, "null or minutes > 0")
+    _rule(not s.by_time or budget is not None, "sched.by_time", s.by_time, "a wall-clock budget train.max_minutes")
+    _rule(t.eval_every >= 0, "train.eval_every", t.eval_every, "an integer >= 0 (0: only at the end)")
+    _rule(t.iters_per_epoch is None or t.iters_per_epoch >= 1, "train.iters_per_epoch", t.iters_per_epoch, "null or >= 1")
+    _rule(re.fullmatch(r"auto|cpu|cuda(:\d+)?", t.device) is not None, "train.device", t.device, "auto, cpu, cuda or cuda:N")
+
+
+def _check_methods(cfg: "Config") -> None:
+    e, m, mu = cfg.eval, cfg.msgr, cfg.mutual
+    _rule(e.metric in ("euclidean", "sqeuclidean", "cosine"), "eval.metric", e.metric, "euclidean, sqeuclidean or cosine")
+    _rule(e.max_rank >= 1, "eval.max_rank", e.max_rank, "an integer >= 1")
+    _rule(_finite(e.local_weight) and e.local_weight >= 0, "eval.local_weight", e.local_weight, "a number >= 0")
+    _rule(_finite(m.weight) and m.weight >= 0, "msgr.weight", m.weight, "a number >= 0")
+    _check_ints(m.stages, "msgr.stages", 1)
+    _rule(m.norm in ("l1", "l2", "linf"), "msgr.norm", m.norm, "l1, l2 or linf")
+    for key in ("dml_weight", "metric_weight"):
+        _rule(_finite(getattr(mu, key)) and getattr(mu, key) >= 0, f"mutual.{key}", getattr(mu, key), "a number >= 0")
+    _rule(all(isinstance(p, dict) for p in mu.peers), "mutual.peers", mu.peers, "a list of model sections")
+
+
+def _check_losses(spec: dict) -> None:
+    """Build every loss once (whatever its ``start_epoch``), so a typo fails now, not at epoch N."""
+    from ..losses import build_loss
+
+    _rule(isinstance(spec, dict) and len(spec) > 0, "loss", spec, "a non-empty mapping loss name -> options")
+    stripped = {}
+    for name, options in spec.items():
+        _rule(options is None or isinstance(options, dict), f"loss.{name}", options, "a mapping of options")
+        options = dict(options or {})
+        start = options.pop("start_epoch", 0)
+        _rule(isinstance(start, int) and not isinstance(start, bool) and start >= 0, f"loss.{name}.start_epoch", start, "an integer >= 0")
+        weight = options.get("weight", 1.0)
+        _rule(_finite(weight), f"loss.{name}.weight", weight, "a finite number")
+        stripped[name] = options
+    try:
+        build_loss(stripped)
+    except (ValueError, TypeError) as err:
+        raise ConfigError(f"loss: {err}") from None
+
+
+def validate_config(cfg: "Config") -> "Config":
+    """Check every value of ``cfg`` against its valid range and build every loss once.
+
+    Run before anything is written, so a bad value is reported before a run directory, a
+    checkpoint or a log exists. Model and dataset keyword arguments are checked when the
+    trainer builds them (also before anything is written).
+
+    Returns:
+        ``cfg`` unchanged.
+
+    Raises:
+        ConfigError: the first value out of range, naming its key and the expected range.
+    """
+    _rule(isinstance(cfg.seed, int) and cfg.seed >= 0, "seed", cfg.seed, "an integer >= 0")
+    _rule(bool(cfg.model.name), "model.name", cfg.model.name, "a registered model name (reidkit models)")
+    _rule(bool(cfg.data.name), "data.name", cfg.data.name, "a registered dataset name (reidkit datasets)")
+    _check_data(cfg.data)
+    _check_training(cfg)
+    _check_methods(cfg)
+    _check_losses(cfg.loss)
+    return cfg
+
+
 def save_config(cfg: Config, path: str | Path) -> None:
-    """Write the resolved config as YAML."""
-    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    """Write the resolved config as YAML (atomically).
+
+    Raises:
+        reidkit.fileio.OutputError: the file cannot be written.
+    """
+    from ..fileio import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))

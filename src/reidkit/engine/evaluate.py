@@ -13,6 +13,24 @@ from ..evaluation.features import Features, extract_features
 from .config import Config
 
 
+class NonFiniteEmbeddings(ValueError):
+    """The model produced NaN or infinite embeddings (a diverged or corrupted model)."""
+
+
+def check_finite(features: Features, split: str, dataset: ReIDDataset | None = None) -> None:
+    """Raise :class:`NonFiniteEmbeddings` naming the first image whose embedding is not finite.
+
+    ``features.features: (N, D)``.
+    """
+    bad = (~torch.isfinite(features.features).all(dim=1)).nonzero().flatten()
+    if len(bad):
+        first = getattr(dataset, split)[int(bad[0])].img_path if dataset is not None else f"row {int(bad[0])}"
+        raise NonFiniteEmbeddings(
+            f"the model gives NaN/inf embeddings for {len(bad)} of {len(features.features)} {split} images "
+            f"(first: {first})"
+        )
+
+
 def extract_split(model: nn.Module, dataset: ReIDDataset, split: str, cfg: Config, device: torch.device) -> Features:
     """Features of ``dataset.<split>`` (``"query"``, ``"gallery"`` or ``"train"``) with test transforms."""
     tcfg = TransformConfig(height=cfg.data.height, width=cfg.data.width)
@@ -41,9 +59,15 @@ def evaluate_model(model: nn.Module, dataset: ReIDDataset, cfg: Config, device: 
 
     Returns:
         :class:`reidkit.evaluation.RankResult`.
+
+    Raises:
+        NonFiniteEmbeddings: the model's embeddings hold NaN or inf.
+        ImageReadError: an image cannot be read (the message names it).
     """
     q = extract_split(model, dataset, "query", cfg, device)
     g = extract_split(model, dataset, "gallery", cfg, device)
+    check_finite(q, "query", dataset)
+    check_finite(g, "gallery", dataset)
     return evaluate_features(q, g, cfg)
 
 

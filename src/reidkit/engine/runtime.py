@@ -52,8 +52,17 @@ def seed_everything(seed: int) -> None:
 
 
 def rng_state() -> dict:
-    """Snapshot of the Python, NumPy and torch RNG states (for checkpoints)."""
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """Snapshot of the Python, NumPy and torch RNG states (for checkpoints).
+
+    Only tensors, tuples, lists and numbers, so a checkpoint holding it loads with
+    ``torch.load(weights_only=True)``: the NumPy key array is stored as a list of ints.
+    """
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": (name, keys.tolist(), int(pos), int(has_gauss), float(cached)),
+        "torch": torch.get_rng_state(),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -61,8 +70,29 @@ def rng_state() -> dict:
 
 def set_rng_state(state: dict) -> None:
     """Restore a snapshot taken by :func:`rng_state`."""
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    random.setstate(_as_tuples(state["python"]))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _as_tuples(value):
+    """``random.setstate`` needs tuples where a round trip may have produced lists."""
+    return tuple(_as_tuples(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+@contextlib.contextmanager
+def preserved_rng():
+    """Run a block without changing the global RNG streams (Python, NumPy, torch, CUDA).
+
+    Evaluation inside a training run (its DataLoader draws a seed from torch's generator) must
+    not shift the training run's random stream, or a run resumed from a checkpoint saved before
+    the evaluation would diverge from the uninterrupted run.
+    """
+    state = rng_state()
+    try:
+        yield
+    finally:
+        set_rng_state(state)

@@ -26,7 +26,8 @@ from ..data.samplers import PKSampler
 from ..losses import build_loss
 from ..losses.mutual import deep_mutual_loss, metric_mutual_loss
 from ..models import ReIDOutput, create_model
-from .checkpoint import atomic_save, load_checkpoint
+from ..fileio import OutputError, atomic_write_text, clean_stale_temporaries, ensure_writable_dir
+from .checkpoint import FORMAT_VERSION, CheckpointError, atomic_save, load_checkpoint, load_model_state
 from .config import (
     Config,
     ConfigError,
@@ -36,9 +37,10 @@ from .config import (
     SchedConfig,
     section_from_dict,
     save_config,
+    validate_config,
 )
-from .evaluate import evaluate_model
-from .runtime import autocast, resolve_device, rng_state, seed_everything, set_rng_state
+from .evaluate import NonFiniteEmbeddings, evaluate_model
+from .runtime import autocast, preserved_rng, resolve_device, rng_state, seed_everything, set_rng_state
 
 
 class TrainingDiverged(RuntimeError):
@@ -175,6 +177,17 @@ def build_sampler(data: DataConfig, pids: list[int], seed: int):
     raise ConfigError(f"data.sampler: unknown sampler {data.sampler!r}; valid: pk, pairs")
 
 
+def _checked_sampler(data: DataConfig, pids: list[int], seed: int):
+    """:func:`build_sampler`, with a batch layout the data cannot fill reported as a ConfigError."""
+    try:
+        return build_sampler(data, pids, seed)
+    except ValueError as err:
+        raise ConfigError(
+            f"data.sampler={data.sampler!r} (P={data.num_pids_per_batch}, K={data.num_instances}, "
+            f"batch_size={data.batch_size}): {err}"
+        ) from None
+
+
 def active_loss_spec(spec: dict, epoch: int) -> dict:
     """The loss entries active at 0-based ``epoch``: those whose ``start_epoch`` (default 0) has
     come, without the ``start_epoch`` key (it is a schedule, not a loss option)."""
@@ -184,6 +197,51 @@ def active_loss_spec(spec: dict, epoch: int) -> dict:
         if options.pop("start_epoch", 0) <= epoch:
             active[name] = options
     return active
+
+
+RUN_FILES = ("config.yaml", "metrics.jsonl", "last.pt", "results.json")
+"""Files of a run directory that ``--overwrite`` replaces (with ``peer*.pt`` and ``tensorboard/``)."""
+
+
+def check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
+    """Refuse a run directory that would mix runs, before anything is built or written.
+
+    Raises:
+        ConfigError: ``resume`` and ``overwrite`` together.
+        FileNotFoundError: ``resume`` without ``run_dir/last.pt``.
+        FileExistsError: ``run_dir`` holds files and neither ``resume`` nor ``overwrite``.
+    """
+    if resume and overwrite:
+        raise ConfigError("--resume continues a run and --overwrite replaces it: give one of them")
+    if resume:
+        if not (run_dir / "last.pt").is_file():
+            raise FileNotFoundError(f"--resume: no checkpoint at {run_dir / 'last.pt'}")
+        return
+    if run_dir.exists() and not run_dir.is_dir():
+        raise FileExistsError(f"--output {str(run_dir)!r} exists and is not a folder")
+    held = sorted(p.name for p in run_dir.iterdir() if not _is_temporary(p)) if run_dir.is_dir() else []
+    if held and not overwrite:
+        shown = ", ".join(held[:4]) + (" ..." if len(held) > 4 else "")
+        hint = "--resume to continue it" if "last.pt" in held else "--resume (needs last.pt)"
+        raise FileExistsError(
+            f"--output {str(run_dir)!r} is not empty ({shown}); pass {hint}, --overwrite to replace "
+            "the run, or choose another --output"
+        )
+
+
+def _is_temporary(path: Path) -> bool:
+    return path.name.startswith(".") and path.name.endswith(".tmp")
+
+
+def _remove_run_files(run_dir: Path) -> None:
+    """Delete a previous run's files from ``run_dir`` (``--overwrite``); other files stay."""
+    import shutil
+
+    for path in run_dir.iterdir():
+        if path.name in RUN_FILES or (path.name.startswith("peer") and path.suffix == ".pt"):
+            path.unlink()
+        elif path.name == "tensorboard" and path.is_dir():
+            shutil.rmtree(path)
 
 
 class Trainer:
@@ -197,26 +255,32 @@ class Trainer:
     with peers it holds peer 0 as its model and every peer for resuming), ``peer{i}.pt`` (each
     peer's own checkpoint, for ``reidkit eval``), ``results.json`` (final evaluation).
 
+    Everything (config values, losses, datasets, models, sampler, the checkpoint to resume) is
+    built and checked before the first file is written; a non-empty ``run_dir`` is refused unless
+    resuming or overwriting. The checkpoint carries the log records, so a run killed between the
+    checkpoint and the log line gets its ``metrics.jsonl`` rebuilt on resume. Evaluation leaves
+    the training RNG streams untouched, so a resumed run equals the uninterrupted one bit for bit.
+
     Raises:
-        FileExistsError: ``run_dir`` already holds a checkpoint and ``resume`` is false (nothing
-            is overwritten).
+        ConfigError: a config value, model keyword, dataset option or batch layout is invalid.
+        FileExistsError: ``run_dir`` is not empty and neither ``resume`` nor ``overwrite``.
         FileNotFoundError: ``resume`` is true but ``run_dir/last.pt`` does not exist.
+        CheckpointError: the checkpoint to resume is unreadable or belongs to another model.
+        reidkit.fileio.OutputError: ``run_dir`` cannot be written.
     """
 
-    def __init__(self, cfg: Config, run_dir: str | Path, resume: bool = False, log=print):
-        self.cfg, self.run_dir, self.log = cfg, Path(run_dir), log
+    def __init__(self, cfg: Config, run_dir: str | Path, resume: bool = False, log=print, overwrite: bool = False):
+        self.cfg, self.run_dir, self.log = validate_config(cfg), Path(run_dir), log
         self.ckpt_path = self.run_dir / "last.pt"
-        if self.ckpt_path.exists() and not resume:
-            raise FileExistsError(
-                f"{self.ckpt_path} exists; pass --resume to continue that run or choose another --output"
-            )
-        if resume and not self.ckpt_path.exists():
-            raise FileNotFoundError(f"--resume: no checkpoint at {self.ckpt_path}")
-        self.device = resolve_device(cfg.train.device)
+        check_run_dir(self.run_dir, resume, overwrite)
+        try:
+            self.device = resolve_device(cfg.train.device)
+        except ValueError as err:
+            raise ConfigError(f"train.device: {err}") from None
         self.train_ds, self.eval_ds = build_datasets(cfg.data)
         num_classes = self.train_ds.num_train_pids
         if num_classes < 2:
-            raise ValueError(f"{cfg.data.name}: training needs at least 2 identities, found {num_classes}")
+            raise ConfigError(f"data: {cfg.data.name}: training needs at least 2 identities, found {num_classes}")
         self.model_cfgs = peer_model_configs(cfg)
         self.models = nn.ModuleList([self._build_model(m, num_classes) for m in self.model_cfgs])
         self.model = self.models[0]
@@ -230,19 +294,30 @@ class Trainer:
         self.loader = train_loader(
             self.train_ds,
             build_transforms(transform_config(cfg.data), train=True),
-            build_sampler(cfg.data, [s.pid for s in self.train_ds.train], cfg.seed),
+            _checked_sampler(cfg.data, [s.pid for s in self.train_ds.train], cfg.seed),
             num_workers=cfg.data.num_workers,
         )
-        self.epoch, self.elapsed = 0, 0.0
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        if resume:
-            self._restore()
+        self.epoch, self.elapsed, self.records = 0, 0.0, []
+        resume_state = load_checkpoint(self.ckpt_path, for_resume=True) if resume else None
+        if resume_state is not None:
+            self._restore(resume_state)
+        ensure_writable_dir(self.run_dir, "--output")
+        if overwrite:
+            _remove_run_files(self.run_dir)
+        clean_stale_temporaries(self.run_dir)
+        if resume_state is not None:
+            self._rebuild_log()
         save_config(cfg, self.run_dir / "config.yaml")
         self._tensorboard = _tensorboard_writer(self.run_dir / "tensorboard")
 
     def _build_model(self, mcfg: ModelConfig, num_classes: int):
         torch.manual_seed(mcfg.init_seed)
-        model = create_model(mcfg.name, num_classes=num_classes, pretrained=mcfg.pretrained, **mcfg.kwargs)
+        try:
+            model = create_model(mcfg.name, num_classes=num_classes, pretrained=mcfg.pretrained, **mcfg.kwargs)
+        except KeyError as err:
+            raise ConfigError(f"model.name: {err.args[0]}") from None
+        except TypeError as err:
+            raise ConfigError(f"model.kwargs of {mcfg.name!r}: {err}") from None
         return model.to(self.device)
 
     def _update_criterion(self) -> None:
@@ -262,6 +337,7 @@ class Trainer:
             "model_kwargs": dict(mcfg.kwargs),
             "num_classes": self.train_ds.num_train_pids,
             "config": self.cfg.to_dict(),
+            "format_version": FORMAT_VERSION,
         }
 
     def _state(self) -> dict:
@@ -273,6 +349,7 @@ class Trainer:
             epoch=self.epoch,
             elapsed_seconds=self.elapsed,
             rng=rng_state(),
+            log=list(self.records),
         )
         if len(self.models) > 1:
             state["peers"] = [m.state_dict() for m in self.models]
@@ -284,22 +361,65 @@ class Trainer:
             for i in range(len(self.models)):
                 atomic_save(self._model_entry(i), self.run_dir / f"peer{i}.pt")
 
-    def _restore(self) -> None:
-        ckpt = load_checkpoint(self.ckpt_path)
-        if ckpt["config"] != self.cfg.to_dict():
+    def _restore(self, ckpt: dict) -> None:
+        """Load the training state of ``ckpt`` (read by ``load_checkpoint(for_resume=True)``).
+
+        Raises:
+            CheckpointError: the checkpoint's model, peers or optimiser do not fit this config.
+        """
+        where = f"--resume {self.ckpt_path}"
+        names = [m.name for m in self.model_cfgs]
+        if ckpt["model_name"] != names[0] or len(ckpt.get("peers", [None])) != len(names):
+            raise CheckpointError(
+                f"{where}: the checkpoint was trained with model {ckpt['model_name']!r}"
+                f"{' and peers' if 'peers' in ckpt else ''}, the config asks for {', '.join(names)}; "
+                "resume with the run's own config.yaml"
+            )
+        if ckpt.get("config") != self.cfg.to_dict():
             warnings.warn(f"resuming {self.ckpt_path} with a config that differs from the one it was trained with")
-        for model, state in zip(self.models, ckpt.get("peers", [ckpt["model"]])):
-            model.load_state_dict(state)
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.scheduler.load_state_dict(ckpt["scheduler"])
-        self.scaler.load_state_dict(ckpt["scaler"])
-        self.epoch, self.elapsed = ckpt["epoch"], ckpt["elapsed_seconds"]
-        set_rng_state(ckpt["rng"])
+        for i, (model, state) in enumerate(zip(self.models, ckpt.get("peers", [ckpt["model"]]))):
+            load_model_state(model, state, f"{where} (model {names[i]!r})")
+        try:
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+            self.scheduler.load_state_dict(ckpt["scheduler"])
+            self.scaler.load_state_dict(ckpt.get("scaler", {}))
+            set_rng_state(ckpt["rng"])
+        except (KeyError, ValueError, TypeError, RuntimeError, IndexError) as err:
+            raise CheckpointError(f"{where}: its optimiser/scheduler/RNG state does not fit this run ({err})") from None
+        self.epoch, self.elapsed = int(ckpt["epoch"]), float(ckpt.get("elapsed_seconds", 0.0))
+        self.records = ckpt.get("log")  # None in a format-1 checkpoint: rebuilt from the file
         self.log(f"resumed {self.ckpt_path} after epoch {self.epoch} ({self.elapsed / 60:.1f} min trained)")
 
+    def _rebuild_log(self) -> None:
+        """Make ``metrics.jsonl`` agree with the checkpoint: one line per epoch it completed.
+
+        A line already in the file is kept (it may carry that epoch's evaluation); a line the
+        checkpoint has but the file lost (killed between the two writes) is restored from the
+        checkpoint; lines past the checkpoint's epoch (epochs that will be trained again) and
+        torn lines are dropped. The file is replaced atomically.
+        """
+        path = self.run_dir / "metrics.jsonl"
+        on_disk = {}
+        if path.is_file():
+            for line in path.read_text(errors="replace").splitlines():
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                if isinstance(record, dict) and isinstance(record.get("epoch"), int) and not record.get("final"):
+                    on_disk[record["epoch"]] = record
+        if self.records is None:  # a format-1 checkpoint holds no log: keep the file's lines
+            self.records = [r for e, r in sorted(on_disk.items()) if e <= self.epoch]
+        lines = [json.dumps(on_disk.get(r["epoch"], r)) + "\n" for r in self.records if r.get("epoch", 0) <= self.epoch]
+        atomic_write_text(path, "".join(lines))
+
     def _append_log(self, record: dict) -> None:
-        with open(self.run_dir / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
+        path = self.run_dir / "metrics.jsonl"
+        try:
+            with open(path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+        except OSError as err:
+            raise OutputError(f"cannot write {str(path)!r}: {err.strerror}") from None
         if self._tensorboard is not None:
             for key, value in record.items():
                 if isinstance(value, (int, float)) and not isinstance(value, bool) and key != "epoch":
@@ -406,13 +526,25 @@ class Trainer:
         return record
 
     def evaluate(self) -> dict:
-        """Rank-k, mAP and mINP of the current model (each peer's, prefixed ``peer{i}.``)."""
-        if len(self.models) == 1:
-            return evaluate_model(self.model, self.eval_ds, self.cfg, self.device).as_dict()
+        """Rank-k, mAP and mINP of the current model (each peer's, prefixed ``peer{i}.``).
+
+        The global RNG streams are left as they were (:func:`~reidkit.engine.runtime.preserved_rng`).
+
+        Raises:
+            TrainingDiverged: the model's embeddings are not finite.
+        """
         results = {}
-        for i, model in enumerate(self.models):
-            metrics = evaluate_model(model, self.eval_ds, self.cfg, self.device).as_dict()
-            results.update({f"peer{i}.{k}": v for k, v in metrics.items()})
+        with preserved_rng():
+            for i, model in enumerate(self.models):
+                try:
+                    metrics = evaluate_model(model, self.eval_ds, self.cfg, self.device).as_dict()
+                except NonFiniteEmbeddings as err:
+                    raise TrainingDiverged(
+                        f"training diverged by epoch {self.epoch}: {err}; the checkpoint {self.ckpt_path} holds "
+                        "that model. Lower optim.lr"
+                    ) from None
+                prefix = f"peer{i}." if len(self.models) > 1 else ""
+                results.update({f"{prefix}{k}": v for k, v in metrics.items()})
         return results
 
     def fit(self) -> dict:
@@ -425,13 +557,14 @@ class Trainer:
                 self.scheduler.step()
             self.epoch += 1
             record.update(epoch=self.epoch, elapsed_minutes=self.elapsed / 60)
-            self._save()
+            self.records.append(dict(record))
+            self._save()  # the checkpoint carries the record: a kill before the log line loses nothing
             if cfg.eval_every and self.epoch % cfg.eval_every == 0 and self.epoch < cfg.max_epochs:
                 record.update(self.evaluate())
             self._append_log(record)
             self.log(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
         results = {"epochs": self.epoch, "train_minutes": self.elapsed / 60, **self.evaluate()}
         self._append_log({"final": True, **results})
-        (self.run_dir / "results.json").write_text(json.dumps(results, indent=2))
+        atomic_write_text(self.run_dir / "results.json", json.dumps(results, indent=2))
         self.log("final: " + json.dumps(results))
         return results
