@@ -45,7 +45,7 @@ def create_model(name: str, num_classes: int = 0, pretrained=None, **kwargs) -> 
 
 
 def _import_all() -> None:
-    from . import aligned, mobilenet, msfl, mspcnn, osnet, resnet  # noqa: F401
+    from . import aligned, mobilenet, msfl, mspcnn, osnet, paul, resnet  # noqa: F401
 
 
 __all__ = [
