@@ -44,8 +44,8 @@ def test_eval_json_and_dataset_options(run_dir, capsys):
     metrics = json.loads(out.read_text())
     assert {"rank1", "rank5", "mAP", "mINP"} <= set(metrics)
     # the same checkpoint on another synthetic split given on the command line
-    assert main(["eval", "--checkpoint", str(run_dir / "run" / "last.pt"), "--set", "seed=7",
-                 "--set", "num_test_ids=3", "--set", "eval.max_rank=3"]) == 0
+    assert main(["eval", "--checkpoint", str(run_dir / "run" / "last.pt"), "--dataset-option", "seed=7",
+                 "--dataset-option", "num_test_ids=3", "--set", "eval.max_rank=3"]) == 0
     assert "rank1=" in capsys.readouterr().out
 
 

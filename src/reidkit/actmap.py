@@ -19,6 +19,8 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor, nn
 
+from .fileio import save_picture
+
 
 def activation_maps(model: nn.Module, images: Tensor, stage: int) -> Tensor:
     """Per-image activation maps of one backbone stage, upsampled to the input size.
@@ -137,7 +139,4 @@ def actmap_grid(
         x = pad + i * (w + pad)
         canvas.paste(cell, (x, pad))
         canvas.paste(overlay(cell, amap), (x, 2 * pad + h))
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    canvas.save(path, format="PNG")
-    return path
+    return save_picture(canvas, path)

@@ -138,3 +138,28 @@ def _stale_temporaries(folder: Path) -> Iterator[Path]:
     for entry in folder.iterdir():
         if entry.name.startswith(".") and entry.name.endswith(".tmp") and entry.is_file():
             yield entry
+
+
+PICTURE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".bmp": "BMP"}
+
+
+def picture_format(path: str | Path, what: str = "--output") -> str:
+    """The Pillow format name for a picture path's extension.
+
+    Raises:
+        OutputError: the extension is not one of :data:`PICTURE_FORMATS`.
+    """
+    fmt = PICTURE_FORMATS.get(Path(path).suffix.lower())
+    if fmt is None:
+        raise OutputError(f"{what} {str(path)!r}: unknown picture extension; use one of {', '.join(PICTURE_FORMATS)}")
+    return fmt
+
+
+def save_picture(image, path: str | Path) -> Path:
+    """Save a ``PIL.Image`` atomically in the format its extension names (PNG, JPEG, ...).
+
+    Raises:
+        OutputError: unknown extension, or the file cannot be written.
+    """
+    fmt = picture_format(path)
+    return atomic_write(path, lambda handle: image.save(handle, format=fmt))

@@ -10,6 +10,8 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
+from .fileio import save_picture
+
 GREEN, RED, GREY = (40, 170, 60), (210, 40, 40), (150, 150, 150)
 
 
@@ -24,7 +26,7 @@ def ranked_list_grid(
         rows: per query ``(query image, ranked gallery images, their distances (smaller is
             closer), whether each is a true match or ``None`` when unknown)``. True matches get a
             green frame, false ones red, unknown grey.
-        path: PNG file to write (parent folders are created).
+        path: picture to write (``.png``, ``.jpg``, ...; parent folders are created; atomic).
         cell: ``(height, width)`` in pixels of each thumbnail.
 
     Returns:
@@ -32,6 +34,7 @@ def ranked_list_grid(
 
     Raises:
         ValueError: ``rows`` is empty.
+        reidkit.fileio.OutputError: unknown extension or the file cannot be written.
     """
     if not rows:
         raise ValueError("ranked_list_grid needs at least one row")
@@ -50,7 +53,4 @@ def ranked_list_grid(
             draw.rectangle((x - 3, y - 3, x + w + 2, y + h + 2), outline=colour, width=3)
             canvas.paste(img.convert("RGB").resize((w, h)), (x, y))
             draw.text((x, y + h + 1), f"{c}: {dist:.3f}", fill=(0, 0, 0))
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    canvas.save(path)
-    return path
+    return save_picture(canvas, path)

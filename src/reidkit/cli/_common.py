@@ -1,0 +1,210 @@
+"""What every subcommand shares: one-line argument errors, typed arguments, the model source
+(``--checkpoint`` or ``--model [--pretrained]``), config overrides (``--set``), dataset options
+(``--dataset-option``), the evaluation dataset and the device.
+
+One meaning per flag across subcommands: ``--set section.key=value`` always overrides the run
+config (``eval.metric=cosine``, ``data.skip_unreadable=true``); ``--dataset-option key=value``
+always passes an option to the dataset builder (``split_id=3``, ``pattern=...``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+
+class UsageError(ValueError):
+    """Command-line arguments that do not go together; the message names the flags."""
+
+
+class Parser(argparse.ArgumentParser):
+    """``argparse`` parser whose errors are one line (no usage dump): ``reidkit X: error: ...``."""
+
+    def error(self, message: str):  # noqa: D401 - argparse API
+        sys.stderr.write(f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        raise SystemExit(2)
+
+
+# ---------------------------------------------------------------------------- argument types
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be >= 1")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not (value > 0 and value < float("inf")):
+        raise argparse.ArgumentTypeError(f"{text} must be a finite number > 0")
+    return value
+
+
+def key_value(text: str) -> tuple[str, str]:
+    """argparse type: ``key=value`` with a non-empty key."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"{text!r}: expected key=value")
+    return key.strip(), value
+
+
+def name_pattern(text: str) -> re.Pattern:
+    """argparse type: a regular expression with a named group ``pid`` (``camid`` optional)."""
+    try:
+        regex = re.compile(text)
+    except re.error as err:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a regular expression ({err})") from None
+    if "pid" not in regex.groupindex:
+        raise argparse.ArgumentTypeError(f"{text!r} has no named group (?P<pid>...)")
+    return regex
+
+
+def output_file(*extensions: str):
+    """argparse type factory: a path whose extension is one of ``extensions``."""
+
+    def check(text: str) -> str:
+        if Path(text).suffix.lower() not in extensions:
+            raise argparse.ArgumentTypeError(f"{text!r}: expected a file ending in {' or '.join(extensions)}")
+        return text
+
+    return check
+
+
+# ---------------------------------------------------------------------------- shared flags
+def add_config_overrides(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+        help="override a config value (e.g. eval.metric=cosine, data.skip_unreadable=true)",
+    )
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    """``--checkpoint`` | ``--model [--pretrained]``, ``--device`` and ``--set``."""
+    p.add_argument("--checkpoint", help="a reidkit checkpoint (last.pt of a run)")
+    p.add_argument("--model", help="a registered model (reidkit models) instead of a checkpoint")
+    p.add_argument("--pretrained", help="with --model: a local weights file (e.g. a torchreid model-zoo file)")
+    p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda or cuda:N")
+    add_config_overrides(p)
+
+
+def add_dataset_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dataset", help="registered dataset (default: the checkpoint's evaluation dataset)")
+    p.add_argument("--root", help="dataset folder")
+    p.add_argument(
+        "--dataset-option", action="append", default=[], type=key_value, metavar="KEY=VALUE",
+        help="option of the dataset builder (e.g. split_id=3, num_test_ids=486, pattern=...)",
+    )
+
+
+# ---------------------------------------------------------------------------- loading
+def load_model_and_config(args):
+    """Model (eval mode) and validated :class:`~reidkit.engine.config.Config` from the flags.
+
+    Raises:
+        UsageError: neither or both of ``--checkpoint`` / ``--model``, or ``--pretrained``
+            without ``--model``.
+        CheckpointError, ConfigError, KeyError, ValueError: from loading (one-line messages).
+    """
+    from ..engine.checkpoint import model_from_checkpoint
+    from ..engine.config import ConfigError, apply_overrides, config_from_dict, validate_config
+    from ..models import create_model
+
+    if args.checkpoint and args.model:
+        raise UsageError("give either --checkpoint (a trained run) or --model (a registered model), not both")
+    if args.pretrained and not args.model:
+        raise UsageError("--pretrained goes with --model; a --checkpoint carries its own weights")
+    if args.checkpoint:
+        model, ckpt = model_from_checkpoint(args.checkpoint)
+        cfg_dict, source = dict(ckpt.get("config") or {}), f"checkpoint {args.checkpoint!r}"
+    elif args.model:
+        model = create_model(args.model, num_classes=0, pretrained=args.pretrained).eval()
+        cfg_dict, source = {"model": {"name": args.model}}, "--model"
+    else:
+        raise UsageError("give --checkpoint CKPT, or --model NAME [--pretrained FILE]")
+    try:
+        cfg = validate_config(config_from_dict(apply_overrides(cfg_dict, getattr(args, "set", []))))
+    except ConfigError as err:
+        raise ConfigError(f"{source} / --set: {err}") from None
+    return model, cfg
+
+
+def dataset_options(args) -> dict:
+    """``--dataset-option`` values, parsed as YAML scalars (``3`` is an int, ``true`` a bool)."""
+    from ..engine.config import ConfigError, parse_yaml
+
+    options = {}
+    for key, raw in getattr(args, "dataset_option", []):
+        try:
+            options[key] = parse_yaml(raw)
+        except ConfigError as err:
+            raise UsageError(f"--dataset-option {key}={raw}: {err}") from None
+    return options
+
+
+def eval_dataset(args, cfg):
+    """The dataset named on the command line, else the config's evaluation dataset.
+
+    With ``data.skip_unreadable`` (``--set data.skip_unreadable=true``) every image is decoded
+    once and unreadable ones are dropped with a warning listing them.
+
+    Raises:
+        UsageError: ``--model`` without ``--dataset`` (an untrained model knows no dataset).
+    """
+    from ..data import create_dataset
+
+    if args.model and not args.dataset:
+        raise UsageError("--model needs --dataset NAME [--root DIR] to evaluate on (a checkpoint knows its dataset)")
+    data = cfg.data
+    cfg_name, cfg_root, cfg_opts = (
+        (data.eval_name, data.eval_root, data.eval_options) if data.eval_name else (data.name, data.root, data.options)
+    )
+    name = args.dataset or cfg_name
+    root = args.root if args.root is not None else (cfg_root if name == cfg_name else None)
+    base = dict(cfg_opts) if name == cfg_name else {}
+    dataset = create_dataset(name, root=root, **{**base, **dataset_options(args)})
+    if data.skip_unreadable:
+        dataset.check_images(skip_unreadable=True)
+    return dataset
+
+
+def device(args):
+    from ..engine.runtime import resolve_device
+
+    try:
+        return resolve_device(getattr(args, "device", "auto"))
+    except (ValueError, RuntimeError) as err:
+        raise UsageError(f"--device {args.device!r}: {err}") from None
+
+
+def list_images(folder: str, flag: str = "--gallery") -> list[str]:
+    """Image files (by extension) under ``folder``, recursively, sorted.
+
+    Raises:
+        UsageError: ``folder`` is not a folder or holds no image.
+    """
+    root = Path(folder)
+    if not root.is_dir():
+        raise UsageError(f"{flag} {folder!r} is not a folder")
+    paths = sorted(str(p) for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTS)
+    if not paths:
+        raise UsageError(f"{flag} {folder!r} holds no images ({', '.join(IMAGE_EXTS)})")
+    return paths
+
+
+def transform_for(cfg):
+    """Test-time transform of a config: resize to ``data.height x data.width``, normalise."""
+    from ..data.transforms import TransformConfig, build_transforms
+
+    return build_transforms(TransformConfig(height=cfg.data.height, width=cfg.data.width), train=False)

@@ -1,0 +1,143 @@
+"""``reidkit search`` (rank a gallery folder for query images) and ``reidkit actmap``."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import torch
+
+from ._common import (
+    UsageError,
+    add_model_args,
+    device,
+    list_images,
+    load_model_and_config,
+    name_pattern,
+    output_file,
+    positive_int,
+    transform_for,
+)
+
+PICTURE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+
+
+def _readable(paths: list[str], skip: bool) -> list[str]:
+    """``paths`` whose images decode; unreadable ones raise, or are dropped with a warning when
+    ``skip`` (``data.skip_unreadable``)."""
+    from ..data import ImageReadError, read_image
+
+    good, bad = [], []
+    for path in paths:
+        try:
+            read_image(path)
+            good.append(path)
+        except ImageReadError as err:
+            if not skip:
+                raise
+            bad.append(err.path)
+    if bad:
+        warnings.warn(f"skipping {len(bad)} unreadable gallery image(s): {', '.join(bad)}", stacklevel=2)
+    if not good:
+        raise UsageError("--gallery: no readable image left")
+    return good
+
+
+def _embed(model, paths: list[str], cfg, run_on) -> torch.Tensor:
+    """``(N, D)`` float32 embeddings of image files, L2-normalised when ``cfg.eval.normalize``."""
+    from ..data import read_image
+    from ..data.loader import eval_loader
+    from ..evaluation.features import extract_features
+
+    loader = eval_loader([(p, -1, -1) for p in paths], read_image, transform_for(cfg), num_workers=0)
+    feats = extract_features(model, loader, run_on, amp=cfg.eval.amp, channels_last=cfg.eval.channels_last).features
+    return torch.nn.functional.normalize(feats, dim=1) if cfg.eval.normalize else feats
+
+
+def _pid(path: str, pattern) -> int | None:
+    match = pattern.search(Path(path).name)
+    return int(match.group("pid")) if match else None
+
+
+def cmd_search(args) -> int:
+    from ..data import read_image
+    from ..evaluation import compute_distance_matrix
+    from ..fileio import atomic_write_text, ensure_writable_file
+    from ..visualize import ranked_list_grid
+
+    for path in filter(None, (args.output, args.json)):
+        ensure_writable_file(path, "--output" if path == args.output else "--json")
+    model, cfg = load_model_and_config(args)
+    run_on = device(args)
+    queries = list(args.query)
+    for path in queries:
+        read_image(path)  # a bad query is an error naming it, before the gallery is embedded
+    gallery = _readable(list_images(args.gallery), cfg.data.skip_unreadable)
+    feats = _embed(model, queries + gallery, cfg, run_on)
+    dist = compute_distance_matrix(feats[: len(queries)], feats[len(queries) :], metric=cfg.eval.metric)
+    k = min(args.topk, len(gallery))
+    rows, report = [], []
+    for qi, qpath in enumerate(queries):
+        order = torch.argsort(dist[qi], stable=True)[:k].tolist()
+        qpid = _pid(qpath, args.pattern)
+        print(f"query {qpath}")
+        matches, listed = [], []
+        for rank, gi in enumerate(order, start=1):
+            gpid = _pid(gallery[gi], args.pattern)
+            matches.append(None if qpid is None or gpid is None else gpid == qpid)
+            listed.append({"rank": rank, "distance": dist[qi, gi].item(), "path": gallery[gi], "pid": gpid})
+            print(f"  {rank:3d}  {dist[qi, gi].item():.4f}  {gallery[gi]}")
+        report.append({"query": qpath, "pid": qpid, "matches": listed})
+        rows.append((read_image(qpath), [read_image(gallery[i]) for i in order], [dist[qi, i].item() for i in order], matches))
+    if args.json:
+        atomic_write_text(args.json, json.dumps({"metric": cfg.eval.metric, "results": report}, indent=2))
+    out = ranked_list_grid(rows, args.output)
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_actmap(args) -> int:
+    """Activation maps of one backbone stage over input images (AMSFL Fig. 3), as a PNG grid."""
+    from ..actmap import actmap_grid, activation_maps
+    from ..data import read_image
+    from ..fileio import ensure_writable_file
+
+    ensure_writable_file(args.output, "--output")
+    model, cfg = load_model_and_config(args)
+    run_on = device(args)
+    if not hasattr(model, "backbone"):
+        raise UsageError(f"actmap needs a PyTorch model with a backbone, got {type(model).__name__}")
+    pictures = [read_image(p) for p in args.images]
+    transform = transform_for(cfg)
+    batch = torch.stack([transform(img) for img in pictures]).to(run_on)  # (B, 3, H, W)
+    num_stages = len(model.backbone.out_channels)
+    stage = args.stage if args.stage is not None else num_stages
+    if stage > num_stages:
+        raise UsageError(f"--stage {stage}: {type(model).__name__} has stages 1..{num_stages}")
+    maps = activation_maps(model.to(run_on), batch, stage)  # (B, H, W)
+    out = actmap_grid(pictures, maps.cpu(), args.output)
+    print(f"wrote {out} (stage {stage})")
+    return 0
+
+
+def add_parsers(sub) -> None:
+    p = sub.add_parser("search", help="rank a folder of gallery images for query images")
+    add_model_args(p)
+    p.add_argument("--gallery", required=True, help="folder of gallery images (searched recursively)")
+    p.add_argument("--query", required=True, nargs="+", help="query image file(s)")
+    p.add_argument("--topk", type=positive_int, default=10, help="matches listed per query (>= 1)")
+    p.add_argument("--output", default="search_result.png", type=output_file(*PICTURE_EXTS), help="picture of the ranked lists")
+    p.add_argument("--json", type=output_file(".json"), help="also write the ranked lists to this JSON file")
+    p.add_argument(
+        "--pattern", default=r"^(?P<pid>-?\d+)_c(?P<camid>\d+)", type=name_pattern,
+        help="regex with a named group pid, to mark true matches (Market-style names by default)",
+    )
+    p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("actmap", help="activation maps of a backbone stage over images (PNG grid)")
+    add_model_args(p)
+    p.add_argument("--images", required=True, nargs="+", help="image file(s)")
+    p.add_argument("--stage", type=positive_int, default=None, help="1-based backbone stage (default: the last)")
+    p.add_argument("--output", default="actmap.png", type=output_file(*PICTURE_EXTS), help="picture to write")
+    p.set_defaults(func=cmd_actmap)
