@@ -2,7 +2,7 @@
 
 ``evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids)`` follows the Market-1501 protocol
 (Zheng et al. 2015); ``evaluate_rank_from_features`` does the same from embeddings without ever
-holding the full distance matrix.
+holding the full distance matrix. ``re_ranking`` is k-reciprocal re-ranking (Zhong et al. 2017).
 """
 
 from reidkit.evaluation.distance import METRICS, compute_distance_matrix
@@ -12,6 +12,7 @@ from reidkit.evaluation.rank import (
     evaluate_rank,
     evaluate_rank_from_features,
 )
+from reidkit.evaluation.rerank import re_ranking, re_ranking_candidates
 
 __all__ = [
     "METRICS",
@@ -20,4 +21,6 @@ __all__ = [
     "compute_distance_matrix",
     "evaluate_rank",
     "evaluate_rank_from_features",
+    "re_ranking",
+    "re_ranking_candidates",
 ]

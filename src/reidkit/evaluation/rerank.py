@@ -1,0 +1,501 @@
+"""k-reciprocal re-ranking (Zhong et al., "Re-ranking Person Re-identification with k-reciprocal
+Encoding", CVPR 2017), sparse and memory-bounded.
+
+The result equals the authors' reference code (``re_ranking.py``, also carried by torchreid and
+fast-reid) step by step, over all ``N = Q + G`` items (queries first):
+
+1. ``d[i, j] = ||x_i - x_j||^2 / max_k ||x_i - x_k||^2``: squared Euclidean distance, each row
+   divided by its maximum over all ``N`` items (the reference divides each column of the
+   symmetric matrix by its maximum and transposes it, which is the same thing).
+2. ``R(i)``: the members ``j`` of the ``k1 + 1`` nearest of ``i`` (``i`` itself included) that
+   have ``i`` among their own ``k1 + 1`` nearest.
+3. Expansion: for each ``c`` in ``R(i)``, the same set ``R_half(c)`` with ``round(k1 / 2)``
+   (``np.around``: halves to even) is added when more than 2/3 of it lies in ``R(i)``; ``E(i)``
+   is the union.
+4. ``V[i, j] = exp(-d[i, j]) / sum_{j' in E(i)} exp(-d[i, j'])`` for ``j`` in ``E(i)``, else 0.
+5. Local query expansion (when ``k2 != 1``): row ``i`` of ``V`` becomes the mean of the rows of
+   its ``k2`` nearest (``i`` itself included).
+6. Jaccard distance ``1 - s / (2 - s)`` with ``s = sum_k min(V[i, k], V[j, k])`` (every row of
+   ``V`` sums to 1, so ``2 - s`` is the sum of the maxima), for query rows ``i``.
+7. ``final = (1 - lambda) * jaccard + lambda * d``, query rows against gallery columns.
+
+How it stays small: nothing ``(N, N)`` is ever held. The ``N x N`` distances are produced once,
+in square blocks of the symmetric matrix (each block serves its rows and its columns, so half the
+products of a full pass); each block updates the row maxima and the running ``k`` nearest of its
+rows and columns, keeping only the few entries below each row's current ``k``-th smallest
+distance. ``V`` is a CSR matrix with a few dozen entries per row; the Jaccard sums run over an
+inverted index (gallery rows per column), so they only touch shared non-zeros. Extra memory is a
+few ``(block, block)`` buffers plus ``O(N * (k1 + 1) * (round(k1 / 2) + 1))`` indices, besides the
+``(Q, G)`` result. All steps are vectorised torch and run on the CPU's threads or on CUDA.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple, Union
+
+import numpy as np
+import torch
+from torch import Tensor
+
+ArrayLike = Union[np.ndarray, Tensor]
+
+_CPU_BLOCK = 4096  # rows of a distance block on the CPU: (4096, 4096) float32 = 64 MiB
+_CUDA_BLOCK = 8192
+_CHUNK_ROWS = 256  # rows per chunk when gathering features of expansion sets
+_MAX_CONTRIBUTIONS = 1 << 22  # shared non-zeros summed per Jaccard chunk (bounds its temporaries)
+_MAX_DENSE = 1 << 24  # entries of a dense (rows, G) Jaccard accumulator
+
+
+class _Csr(NamedTuple):
+    """Sparse rows: row ``i`` holds ``col[crow[i]:crow[i + 1]]`` (sorted) and ``val`` there."""
+
+    crow: Tensor  # (N + 1,) int64
+    col: Tensor  # (nnz,) int64
+    val: Tensor  # (nnz,) float
+
+
+class _Neighbours(NamedTuple):
+    """The ``k`` nearest of every item (ascending distance) and each row's maximum distance."""
+
+    index: Tensor  # (N, k) int64
+    row_max: Tensor  # (N,) squared Euclidean, float
+
+
+def re_ranking(
+    query_features: ArrayLike,
+    gallery_features: ArrayLike,
+    k1: int = 20,
+    k2: int = 6,
+    lambda_value: float = 0.3,
+    *,
+    block_size: int | None = None,
+    device: torch.device | str | None = None,
+) -> Tensor:
+    """k-reciprocal re-ranked query-gallery distances (Zhong et al., CVPR 2017).
+
+    Exactly the algorithm of the authors' reference code (see the module docstring for the
+    steps), with squared Euclidean original distances over all ``Q + G`` items; the paper's
+    setting is ``k1=20, k2=6, lambda_value=0.3``. Queries take part in each other's
+    neighbourhoods, as in the reference (re-ranking is transductive over the query set).
+    torchreid's copy squares the distance matrix it is given, which is the fourth power when it is
+    given squared distances; this function follows the authors (squared, once).
+
+    Deviations from the reference, all at the level of rounding: distances are accumulated in
+    another order (differences ~1e-7), and equal distances among an item's nearest neighbours are
+    ordered as :func:`torch.topk` returns them (the reference's ``np.argsort`` quicksort is not
+    stable either); with distinct distances the neighbour sets, and so the result, are the same.
+
+    Memory and time: no ``(N, N)`` matrix (``N = Q + G``); see the module docstring. Measured by
+    ``benchmarks/bench_rerank.py``.
+
+    Args:
+        query_features: ``(Q, D)`` query embeddings (torch tensor or numpy array, float).
+        gallery_features: ``(G, D)`` gallery embeddings.
+        k1: size of the k-reciprocal neighbourhoods (``k1 + 1`` nearest, self included), >= 1.
+        k2: neighbours averaged by the local query expansion (self included), >= 1; 1 skips it.
+        lambda_value: weight of the original distance, in ``[0, 1]``; ``1 - lambda_value`` weighs
+            the Jaccard distance.
+        block_size: rows of a distance block; ``None``: 4096 on the CPU, 8192 on CUDA.
+        device: where to compute; ``None``: CUDA when available, else the features' device.
+
+    Returns:
+        ``(Q, G)`` re-ranked distances, smaller is closer, in ``[0, 1]``: float32 (float64 when
+        both inputs are float64), on the device of ``query_features``.
+
+    Raises:
+        TypeError: a feature matrix is not a real-valued tensor / array.
+        ValueError: a feature matrix is not 2-D, is empty or non-finite, the two ``D`` differ, all
+            items coincide, or ``k1``, ``k2``, ``lambda_value``, ``block_size`` is out of range.
+    """
+    qf, gf = _check_features(query_features, gallery_features)
+    params = _check_params(k1, k2, lambda_value, block_size)
+    home, dev = qf.device, _resolve_device(device, qf.device)
+    x = torch.cat([qf, gf]).to(device=dev, dtype=_compute_dtype(qf, gf))
+    with torch.no_grad():
+        out = torch.empty(len(qf), len(gf), dtype=x.dtype, device=dev)
+        nb, v = _encode(x, len(qf), params, sink=out)
+        _combine(out, v, nb.row_max[: len(qf)], len(qf), lambda_value)
+    return out.to(home)
+
+
+def re_ranking_candidates(
+    query_features: ArrayLike,
+    candidate_features: ArrayLike,
+    candidate_index: ArrayLike,
+    k1: int = 20,
+    k2: int = 6,
+    lambda_value: float = 0.3,
+    *,
+    block_size: int | None = None,
+    device: torch.device | str | None = None,
+) -> Tensor:
+    """k-reciprocal re-ranking of retrieved candidates (e.g. the top-n of a faiss search).
+
+    The result is ``re_ranking(query_features, candidate_features, ...)`` at the listed pairs,
+    ``out[q, m] = re_ranking(...)[q, candidate_index[q, m]]``, without the ``(Q, C)`` matrix.
+    Pass the union of the queries' candidates as ``candidate_features`` (each row once).
+
+    As an approximation of :func:`re_ranking` over the whole gallery: every neighbourhood (the
+    k-reciprocal sets, their expansion, the ``k2`` local expansion) and every row maximum of the
+    original distance is taken within the queries and the candidate pool instead of the whole
+    gallery. When the pool holds each query's top-n with ``n`` well above ``k1`` (say 100 to
+    200 for ``k1 = 20``), the queries' own neighbourhoods are unchanged and the candidates'
+    neighbourhoods lose only the gallery items outside the pool; the original-distance term is
+    divided by the largest distance within the pool instead of the gallery's (a constant per
+    query, so the order it gives is unchanged but its weight against the Jaccard term grows).
+
+    Args:
+        query_features: ``(Q, D)`` query embeddings.
+        candidate_features: ``(C, D)`` embeddings of the candidate pool.
+        candidate_index: ``(Q, n)`` integer rows of ``candidate_features`` to score per query.
+        k1, k2, lambda_value, block_size, device: as in :func:`re_ranking`.
+
+    Returns:
+        ``(Q, n)`` re-ranked distances, smaller is closer, float32 (float64 for float64 inputs),
+        on the device of ``query_features``; sort each row to re-order the candidates.
+
+    Raises:
+        TypeError, ValueError: as :func:`re_ranking`; also when ``candidate_index`` is not an
+            integer ``(Q, n)`` array or holds a row outside ``[0, C)``.
+    """
+    qf, cf = _check_features(query_features, candidate_features, names=("query", "candidate"))
+    params = _check_params(k1, k2, lambda_value, block_size)
+    home, dev = qf.device, _resolve_device(device, qf.device)
+    index = _check_candidate_index(candidate_index, len(qf), len(cf)).to(dev)
+    x = torch.cat([qf, cf]).to(device=dev, dtype=_compute_dtype(qf, cf))
+    with torch.no_grad():
+        nb, v = _encode(x, len(qf), params, sink=None)
+        dist = _pair_distances(x, torch.arange(len(qf), device=dev), index + len(qf))  # (Q, n)
+        _combine(dist, v, nb.row_max[: len(qf)], len(qf), lambda_value, columns=index)
+    return dist.to(home)
+
+
+class _Params(NamedTuple):
+    k1: int
+    k2: int
+    block_size: int | None
+
+
+def _encode(x: Tensor, num_query: int, p: _Params, sink: Tensor | None) -> tuple[_Neighbours, _Csr]:
+    """Steps 1-5: neighbours, k-reciprocal expansion sets, weights, local query expansion.
+
+    ``sink``, when given, receives the raw query-gallery squared distances ``(Q, G)``.
+    """
+    n = len(x)
+    k1, k_half, k2 = min(p.k1 + 1, n), min(round(p.k1 / 2) + 1, n), min(p.k2, n)
+    block = p.block_size or (_CUDA_BLOCK if x.is_cuda else _CPU_BLOCK)
+    nb = _nearest(x, max(k1, k2), block, num_query, sink)
+    if bool((nb.row_max <= 0).any()):
+        raise ValueError("re-ranking needs distinct features: every item coincides with all others")
+    sets = _expansion_sets(nb.index[:, :k1], nb.index[:, :k_half])
+    v = _weights(x, sets, nb.row_max)
+    if p.k2 != 1:
+        v = _local_expansion(v, nb.index[:, :k2])
+    return nb, v
+
+
+# --- step 1: blocked k nearest neighbours and row maxima ------------------------------------
+
+
+def _blocks(n: int, block: int, k: int) -> list[tuple[int, int]]:
+    """Row ranges of at most ``block`` rows, none shorter than ``k`` (the last one absorbs it)."""
+    block = max(block, k)
+    bounds = [(s, min(s + block, n)) for s in range(0, n, block)]
+    if len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] < k:
+        bounds[-2:] = [(bounds[-2][0], n)]
+    return bounds
+
+
+def _nearest(x: Tensor, k: int, block: int, num_query: int, sink: Tensor | None) -> _Neighbours:
+    """The ``k`` nearest of each row of ``x`` (itself included) and each row's largest distance.
+
+    Squared distances come from one matrix product of augmented rows,
+    ``[x_i, |x_i|^2, 1] . [-2 x_j, 1, |x_j|^2]``. Diagonal blocks seed each row's ``k`` nearest
+    by a top-k; an off-diagonal block ``(I, J)`` then offers its rows to ``I`` and its columns to
+    ``J``, keeping only the entries below the current ``k``-th smallest distance of their row.
+    """
+    n = len(x)
+    sq = x.pow(2).sum(1, keepdim=True)  # (N, 1)
+    left = torch.cat([x, sq, torch.ones_like(sq)], 1)  # (N, D + 2)
+    right = torch.cat([x * -2, torch.ones_like(sq), sq], 1)  # (N, D + 2)
+    bounds = _blocks(n, block, k)
+    best = x.new_empty(n, k), torch.empty(n, k, dtype=torch.long, device=x.device)
+    row_max = x.new_empty(n)
+    buf = x.new_empty(max(b - a for a, b in bounds) ** 2)
+    for a, b in bounds:
+        s = torch.mm(left[a:b], right[a:b].T, out=buf[: (b - a) ** 2].view(b - a, b - a))
+        values, index = s.topk(k, dim=1, largest=False)
+        best[0][a:b], best[1][a:b] = values, index + a
+        row_max[a:b] = s.amax(1)
+        _sink(sink, s, a, b, a, b, num_query)
+    for i, (a, b) in enumerate(bounds):
+        for c, d in bounds[i + 1 :]:
+            s = torch.mm(left[a:b], right[c:d].T, out=buf[: (b - a) * (d - c)].view(b - a, d - c))
+            torch.maximum(row_max[a:b], s.amax(1), out=row_max[a:b])
+            torch.maximum(row_max[c:d], s.amax(0), out=row_max[c:d])
+            _offer(best, s, a, c)
+            _offer(best, s.T, c, a)
+            _sink(sink, s, a, b, c, d, num_query)
+    return _Neighbours(best[1], row_max)
+
+
+def _sink(sink: Tensor | None, s: Tensor, a: int, b: int, c: int, d: int, num_query: int) -> None:
+    """Copy the query-row, gallery-column part of block ``s = D[a:b, c:d]`` into ``sink (Q, G)``."""
+    if sink is None or a >= num_query or d <= num_query:
+        return
+    rows, cols = slice(0, min(b, num_query) - a), slice(max(c, num_query) - c, d - c)
+    sink[a : a + rows.stop, cols.start + c - num_query : d - num_query] = s[rows, cols]
+
+
+def _offer(best: tuple[Tensor, Tensor], s: Tensor, row0: int, col0: int) -> None:
+    """Merge the entries of block ``s`` (rows ``row0 + r``, columns ``col0 + c``) into ``best``.
+
+    Only entries below their row's current ``k``-th smallest value can enter; when a block offers
+    many (early blocks, unlucky orders) its rows' top-k is taken instead.
+    """
+    values, index = best
+    k = values.shape[1]
+    rows, cols = (s < values[row0 : row0 + len(s), -1:]).nonzero(as_tuple=True)
+    if len(rows) > 4 * k * len(s):
+        top = s.topk(min(k, s.shape[1]), dim=1, largest=False)
+        rows = torch.arange(len(s), device=s.device).repeat_interleave(top.values.shape[1])
+        cols, offered = top.indices.flatten(), top.values.flatten()
+    elif len(rows) == 0:
+        return
+    else:
+        offered = s[rows, cols]
+    _merge(values, index, rows + row0, cols + col0, offered)
+
+
+def _merge(values: Tensor, index: Tensor, rows: Tensor, cols: Tensor, offered: Tensor) -> None:
+    """Keep the ``k`` smallest of each row's current and offered entries (``rows`` ascending)."""
+    k = values.shape[1]
+    uniq, counts = torch.unique_consecutive(rows, return_counts=True)
+    slot = torch.repeat_interleave(torch.arange(len(uniq), device=rows.device), counts)
+    pos = torch.arange(len(rows), device=rows.device) - (counts.cumsum(0) - counts)[slot]
+    width = int(counts.max())
+    cand = values.new_full((len(uniq), k + width), math.inf)  # (u, k + width)
+    cand_index = index.new_full((len(uniq), k + width), -1)
+    cand[:, :k], cand_index[:, :k] = values[uniq], index[uniq]
+    cand[slot, pos + k], cand_index[slot, pos + k] = offered, cols
+    top = cand.topk(k, dim=1, largest=False)  # sorted ascending
+    values[uniq], index[uniq] = top.values, cand_index.gather(1, top.indices)
+
+
+# --- steps 2-4: k-reciprocal sets, their expansion, Gaussian weights ------------------------
+
+
+def _reciprocal(nearest: Tensor) -> Tensor:
+    """``(N, k)`` bool: is row ``i`` among the ``k`` nearest of its neighbour ``nearest[i, m]``."""
+    n = len(nearest)
+    rows = torch.arange(n, device=nearest.device)[:, None]
+    return torch.isin(nearest * n + rows, rows * n + nearest)
+
+
+def _expansion_sets(near: Tensor, near_half: Tensor) -> _Csr:
+    """``E(i)``: k-reciprocal set of ``i`` and the accepted half sets of its members, as CSR.
+
+    ``near``: ``(N, k1 + 1)`` nearest; ``near_half``: ``(N, round(k1 / 2) + 1)`` nearest. The
+    columns of each row are sorted and unique; ``val`` is left empty.
+    """
+    n = len(near)
+    recip, recip_half = _reciprocal(near), _reciprocal(near_half)
+    rows = torch.arange(n, device=near.device)
+    keys = (rows[:, None] * n + near)[recip].sort().values  # (i, j) for j in R(i), sorted
+    keys = torch.cat([keys.new_tensor([-1]), keys])  # never empty
+    members = []
+    for start in range(0, n, 8192):
+        i = rows[start : start + 8192]
+        cand, ok = near[i], recip[i]  # (b, k1 + 1)
+        half, half_ok = near_half[cand], recip_half[cand] & ok[..., None]  # (b, k1 + 1, kh)
+        key = i[:, None, None] * n + half
+        pos = torch.searchsorted(keys, key).clamp_(max=len(keys) - 1)
+        inside = (keys[pos] == key) & half_ok
+        # the reference's float comparison: len(intersection) > 2/3 * len(half set)
+        accept = ok & (inside.sum(-1).double() > 2.0 / 3 * half_ok.sum(-1).double())
+        union = torch.cat([cand.masked_fill(~ok, n), half.masked_fill(~(accept[..., None] & half_ok), n).flatten(1)], 1)
+        members.append(_unique_rows(union, n))
+    return _concat_rows(members, n)
+
+
+def _unique_rows(padded: Tensor, pad: int) -> tuple[Tensor, Tensor]:
+    """Per-row sorted unique values of ``padded (b, m)`` that are not ``pad``: ``(counts, values)``."""
+    padded = padded.sort(1).values
+    keep = padded != pad
+    keep[:, 1:] &= padded[:, 1:] != padded[:, :-1]
+    return keep.sum(1), padded[keep]
+
+
+def _concat_rows(parts: list[tuple[Tensor, Tensor]], n: int) -> _Csr:
+    counts = torch.cat([c for c, _ in parts])
+    crow = torch.zeros(n + 1, dtype=torch.long, device=counts.device)
+    crow[1:] = counts.cumsum(0)
+    return _Csr(crow, torch.cat([v for _, v in parts]), torch.empty(0, device=counts.device))
+
+
+def _weights(x: Tensor, sets: _Csr, row_max: Tensor) -> _Csr:
+    """Step 4: ``V[i, j] = exp(-d[i, j])`` normalised over ``E(i)``, ``d`` row-normalised."""
+    n = len(x)
+    counts = sets.crow.diff()
+    rows = torch.repeat_interleave(torch.arange(n, device=x.device), counts)  # (nnz,)
+    sq = x.pow(2).sum(1)  # (N,)
+    dist = torch.empty(len(rows), dtype=x.dtype, device=x.device)
+    for start in range(0, n, _CHUNK_ROWS):
+        lo, hi = int(sets.crow[start]), int(sets.crow[min(start + _CHUNK_ROWS, n)])
+        r, c = rows[lo:hi], sets.col[lo:hi]
+        dist[lo:hi] = sq[r] + sq[c] - 2 * (x[r] * x[c]).sum(1)
+    weight = torch.exp(-(dist.clamp_(min=0) / row_max[rows]))
+    total = torch.zeros(n, dtype=x.dtype, device=x.device).index_add_(0, rows, weight)
+    return _Csr(sets.crow, sets.col, weight / total[rows])
+
+
+def _pair_distances(x: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
+    """``(R, m)`` squared distances between ``x[rows[r]]`` and ``x[cols[r, m]]``."""
+    sq = x.pow(2).sum(1)
+    dot = torch.bmm(x[cols], x[rows][:, :, None])[..., 0]  # (R, m)
+    return sq[rows][:, None] + sq[cols] - 2 * dot
+
+
+# --- step 5: local query expansion ----------------------------------------------------------
+
+
+def _gather_rows(v: _Csr, rows: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Entries of CSR rows ``rows (m,)``: ``(position in rows, column, value)`` per entry."""
+    start, counts = v.crow[rows], v.crow[rows + 1] - v.crow[rows]
+    owner = torch.repeat_interleave(torch.arange(len(rows), device=rows.device), counts)
+    offset = torch.arange(len(owner), device=rows.device) - (counts.cumsum(0) - counts)[owner]
+    src = start[owner] + offset
+    return owner, v.col[src], v.val[src]
+
+
+def _local_expansion(v: _Csr, near: Tensor) -> _Csr:
+    """Step 5: row ``i`` becomes the mean of the rows of its ``k2`` nearest ``near[i]``."""
+    n, k2 = near.shape
+    parts, values = [], []
+    for start in range(0, n, 2048):
+        block = near[start : start + 2048]  # (b, k2)
+        owner, col, val = _gather_rows(v, block.flatten())
+        key = torch.div(owner, k2, rounding_mode="floor") * n + col
+        uniq, inverse = torch.unique(key, return_inverse=True)  # sorted: by row, then column
+        values.append(torch.zeros(len(uniq), dtype=val.dtype, device=val.device).index_add_(0, inverse, val) / k2)
+        counts = torch.bincount(torch.div(uniq, n, rounding_mode="floor"), minlength=len(block))
+        parts.append((counts, uniq % n))
+    csr = _concat_rows(parts, n)
+    return _Csr(csr.crow, csr.col, torch.cat(values))
+
+
+# --- steps 6-7: Jaccard distance of query rows, final combination ---------------------------
+
+
+def _combine(
+    out: Tensor, v: _Csr, query_max: Tensor, num_query: int, lam: float, columns: Tensor | None = None
+) -> None:
+    """Overwrite ``out`` (raw squared distances) with ``(1 - lam) * jaccard + lam * d``, in place.
+
+    ``out`` is ``(Q, G)``, or ``(Q, n)`` for the gallery items ``columns (Q, n)``.
+    """
+    num_gallery = len(v.crow) - 1 - num_query
+    inverted = _inverted_index(v, num_query)
+    for lo, hi in _query_chunks(v, inverted, num_query, num_gallery):
+        shared = _shared_mass(v, inverted, lo, hi, num_gallery)  # (b, G)
+        if columns is not None:
+            shared = shared.gather(1, columns[lo:hi])
+        jaccard = shared.div_(shared.neg().add_(2)).neg_().add_(1)  # 1 - s / (2 - s)
+        block = out[lo:hi].clamp_(min=0).div_(query_max[lo:hi, None])
+        block.mul_(lam).add_(jaccard, alpha=1 - lam)
+
+
+def _inverted_index(v: _Csr, num_query: int) -> _Csr:
+    """Gallery rows holding each column of ``v`` (``col`` = gallery position, ``val`` = value)."""
+    n = len(v.crow) - 1
+    start = int(v.crow[num_query])
+    rows = torch.repeat_interleave(torch.arange(n, device=v.col.device), v.crow.diff())[start:]
+    order = torch.argsort(v.col[start:], stable=True)
+    crow = torch.zeros(n + 1, dtype=torch.long, device=v.col.device)
+    crow[1:] = torch.bincount(v.col[start:], minlength=n).cumsum(0)
+    return _Csr(crow, rows[order] - num_query, v.val[start:][order])
+
+
+def _query_chunks(v: _Csr, inverted: _Csr, num_query: int, num_gallery: int) -> list[tuple[int, int]]:
+    """Query row ranges whose shared non-zeros and dense accumulator fit the chunk limits."""
+    per_entry = inverted.crow.diff()[v.col[: int(v.crow[num_query])]]  # gallery rows per entry
+    cost = torch.zeros(num_query, dtype=torch.long, device=v.col.device)
+    cost.index_add_(0, torch.repeat_interleave(torch.arange(num_query, device=cost.device), v.crow.diff()[:num_query]), per_entry)
+    cost = cost.cpu().tolist()
+    max_rows = max(1, _MAX_DENSE // max(num_gallery, 1))
+    chunks, lo, total = [], 0, 0
+    for q, c in enumerate(cost):
+        if q > lo and (total + c > _MAX_CONTRIBUTIONS or q - lo >= max_rows):
+            chunks.append((lo, q))
+            lo, total = q, 0
+        total += c
+    chunks.append((lo, num_query))
+    return chunks
+
+
+def _shared_mass(v: _Csr, inverted: _Csr, lo: int, hi: int, num_gallery: int) -> Tensor:
+    """``(hi - lo, G)``: ``sum_k min(V[q, k], V[Q + g, k])`` over the columns ``k`` both hold."""
+    owner, col, val = _gather_rows(v, torch.arange(lo, hi, device=v.col.device))
+    g_owner, g_rows, g_val = _gather_rows(inverted, col)  # each query entry meets its column's rows
+    mass = torch.zeros((hi - lo) * num_gallery, dtype=v.val.dtype, device=v.val.device)
+    mass.index_add_(0, owner[g_owner] * num_gallery + g_rows, torch.minimum(val[g_owner], g_val))
+    return mass.view(hi - lo, num_gallery)
+
+
+# --- input checks -----------------------------------------------------------------------------
+
+
+def _as_tensor(features: ArrayLike, name: str) -> Tensor:
+    if isinstance(features, np.ndarray):
+        features = torch.from_numpy(features)
+    if not isinstance(features, Tensor):
+        raise TypeError(f"{name}_features must be a torch.Tensor or numpy array, got {type(features).__name__}")
+    if features.dtype == torch.bool or features.is_complex():
+        raise TypeError(f"{name}_features must be real-valued, got {features.dtype}")
+    return features.detach()
+
+
+def _check_features(qf: ArrayLike, gf: ArrayLike, names: tuple[str, str] = ("query", "gallery")) -> tuple[Tensor, Tensor]:
+    qf, gf = _as_tensor(qf, names[0]), _as_tensor(gf, names[1])
+    for name, f in zip(names, (qf, gf)):
+        if f.ndim != 2 or len(f) == 0:
+            raise ValueError(f"{name}_features must be a non-empty 2-D (num_{name}, D) matrix, got shape {tuple(f.shape)}")
+        if not bool(torch.isfinite(f).all()):
+            raise ValueError(f"{name}_features holds NaN or inf (row {int((~torch.isfinite(f).all(1)).nonzero()[0])})")
+    if qf.shape[1] != gf.shape[1]:
+        raise ValueError(f"{names[0]} and {names[1]} features must have the same D, got {tuple(qf.shape)} and {tuple(gf.shape)}")
+    if qf.device != gf.device:
+        raise ValueError(f"{names[0]} and {names[1]} features are on different devices ({qf.device}, {gf.device})")
+    return qf, gf
+
+
+def _check_params(k1: int, k2: int, lam: float, block_size: int | None) -> _Params:
+    checked = {"k1": k1, "k2": k2} if block_size is None else {"k1": k1, "k2": k2, "block_size": block_size}
+    for name, value in checked.items():
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    if isinstance(lam, bool) or not isinstance(lam, (int, float, np.floating)) or not 0 <= lam <= 1:
+        raise ValueError(f"lambda_value must be a number in [0, 1], got {lam!r}")
+    return _Params(int(k1), int(k2), None if block_size is None else int(block_size))
+
+
+def _check_candidate_index(index: ArrayLike, num_query: int, num_candidates: int) -> Tensor:
+    index = torch.from_numpy(index) if isinstance(index, np.ndarray) else index
+    if not isinstance(index, Tensor) or index.dtype.is_floating_point or index.dtype.is_complex or index.dtype == torch.bool:
+        raise TypeError(f"candidate_index must be an integer tensor / array (num_query, n), got {getattr(index, 'dtype', type(index).__name__)}")
+    if index.ndim != 2 or len(index) != num_query:
+        raise ValueError(f"candidate_index must have shape (num_query={num_query}, n), got {tuple(index.shape)}")
+    if index.numel() and (int(index.min()) < 0 or int(index.max()) >= num_candidates):
+        raise ValueError(f"candidate_index must hold rows of candidate_features in [0, {num_candidates}), got [{int(index.min())}, {int(index.max())}]")
+    return index.long()
+
+
+def _compute_dtype(qf: Tensor, gf: Tensor) -> torch.dtype:
+    return torch.float64 if qf.dtype == gf.dtype == torch.float64 else torch.float32
+
+
+def _resolve_device(device: torch.device | str | None, default: torch.device) -> torch.device:
+    if device is not None:
+        return torch.device(device)
+    return torch.device("cuda") if torch.cuda.is_available() else default
