@@ -1,0 +1,176 @@
+"""Files of an index folder: atomic replacement, the writer lock and the append-only vectors file.
+
+All of it is plain POSIX: ``os.replace`` for atomic renames, ``fsync`` of files and of the folder
+so a committed rename survives a crash, ``fcntl.flock`` for the writer lock (released by the
+kernel when the holder dies, so a ``kill -9`` never leaves a stale lock).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+
+from .errors import GalleryIndexError, IndexLockedError
+
+LOCK_NAME = "writer.lock"
+VECTORS_NAME = "vectors.f32"
+TMP_SUFFIX = ".tmp"
+
+
+def fsync_path(path: Path) -> None:
+    """fsync a file or a folder by path."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def replace_atomically(path: Path, fill: Callable[[Path], None]) -> None:
+    """Create ``path`` atomically: ``fill(tmp)`` writes a temporary file that is fsynced and renamed.
+
+    The temporary file is ``.<name>.tmp`` in the same folder; it is removed on any exception, and
+    one left by a killed process is removed by :func:`remove_temporaries`. The folder is fsynced
+    after the rename so the new name is durable.
+    """
+    tmp = path.with_name(f".{path.name}{TMP_SUFFIX}")
+    try:
+        fill(tmp)
+        fsync_path(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    fsync_path(path.parent)
+
+
+def write_text_atomically(path: Path, text: str) -> None:
+    """:func:`replace_atomically` with UTF-8 text."""
+    replace_atomically(path, lambda tmp: tmp.write_bytes(text.encode("utf-8")))
+
+
+def remove_temporaries(folder: Path) -> None:
+    """Remove ``.<name>.tmp`` files a killed writer left in ``folder``."""
+    for entry in folder.glob(f".*{TMP_SUFFIX}"):
+        with contextlib.suppress(OSError):
+            entry.unlink()
+
+
+class WriterLock:
+    """Exclusive writer lock on ``folder/writer.lock`` (``fcntl.flock``), reentrant per object.
+
+    Args:
+        folder: the index folder.
+        timeout: seconds to wait for another writer before giving up; 0 fails at once.
+
+    Raises:
+        IndexLockedError: (on :meth:`acquire`) another process holds the lock past ``timeout``;
+            the message names the folder and the holder's pid.
+    """
+
+    def __init__(self, folder: Path, timeout: float):
+        self.path = folder / LOCK_NAME
+        self.timeout = timeout
+        self._fd: int | None = None
+        self._depth = 0
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        self.acquire()
+        try:
+            yield
+        finally:
+            self.release()
+
+    def acquire(self) -> None:
+        if self._depth == 0:
+            self._fd = self._lock()
+        self._depth += 1
+
+    def release(self) -> None:
+        self._depth -= 1
+        if self._depth == 0 and self._fd is not None:
+            os.close(self._fd)  # closing the descriptor releases the flock
+            self._fd = None
+
+    def _lock(self) -> int:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        deadline = time.monotonic() + self.timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    holder = _read_holder(fd)
+                    os.close(fd)
+                    raise IndexLockedError(
+                        f"index {str(self.path.parent)!r} is being written by another process{holder}; "
+                        f"gave up after {self.timeout:g} s"
+                    ) from None
+                time.sleep(0.05)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        return fd
+
+
+def _read_holder(fd: int) -> str:
+    pid = os.pread(fd, 32, 0).decode(errors="replace").strip()
+    return f" (pid {pid})" if pid else ""
+
+
+class VectorFile:
+    """Append-only float32 matrix ``(rows, D)`` of the raw vectors; row ``i`` belongs to id ``i``.
+
+    Rows beyond the committed ``next_id`` of the manifest are leftovers of a killed writer; they
+    are never read and the next writer truncates them. Rows of removed entries stay in the file
+    (ids are never reused), so its size is ``next_id * D * 4`` bytes.
+    """
+
+    def __init__(self, folder: Path, dim: int):
+        self.path = folder / VECTORS_NAME
+        self.dim = dim
+
+    def create(self) -> None:
+        self.path.touch(exist_ok=False)
+
+    def rows_on_disk(self) -> int:
+        return self.path.stat().st_size // (4 * self.dim)
+
+    def reader(self, rows: int) -> np.ndarray:
+        """Read-only memory map of the first ``rows`` rows: ``(rows, D)`` float32.
+
+        Raises:
+            GalleryIndexError: the file is missing or shorter than ``rows`` rows.
+        """
+        if not self.path.is_file():
+            raise GalleryIndexError(f"index {str(self.path.parent)!r} has no {self.path.name}")
+        if self.rows_on_disk() < rows:
+            raise GalleryIndexError(
+                f"{str(self.path)!r} holds {self.rows_on_disk()} vectors; the manifest commits {rows}"
+            )
+        if rows == 0:
+            return np.zeros((0, self.dim), np.float32)
+        return np.memmap(self.path, np.float32, "r", shape=(rows, self.dim))
+
+    def write_rows(self, start: int, rows: np.ndarray) -> None:
+        """Write ``rows (N, D)`` float32 at row ``start``, dropping anything after it; flushed, not synced."""
+        with self.path.open("r+b") as handle:
+            handle.truncate(start * self.dim * 4)
+            handle.seek(start * self.dim * 4)
+            np.ascontiguousarray(rows, np.float32).tofile(handle)
+
+    def truncate(self, rows: int) -> None:
+        """Drop rows beyond ``rows`` (leftovers of a killed writer)."""
+        if self.rows_on_disk() * 4 * self.dim != self.path.stat().st_size or self.rows_on_disk() > rows:
+            os.truncate(self.path, rows * self.dim * 4)
+
+    def sync(self) -> None:
+        fsync_path(self.path)
