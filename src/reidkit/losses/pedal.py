@@ -41,7 +41,8 @@ class PatchMemoryBank(nn.Module):
     ``state_dict()`` so a resumed run continues exactly. Its size is ``N * M * d * 4`` bytes
     (:meth:`nbytes`): 614 MB for 10^5 images of 6 patches of 256-d. The loss compares the batch
     with the bank one patch at a time, so the largest temporary is one ``(B, N)`` similarity
-    matrix (16 MB for B = 40, N = 10^5), and autograd keeps two of those per patch.
+    matrix (16 MB for B = 40, N = 10^5), of which autograd keeps one per patch until the
+    backward pass (96 MB for M = 6).
 
     Args:
         num_images: N, the training images; a batch's ``indices`` are their positions in the
@@ -147,7 +148,8 @@ class PatchMemoryBank(nn.Module):
 
     def _patch_loss(self, x: Tensor, mem: Tensor, invalid: Tensor) -> Tensor:
         """``x: (B, d)``, ``mem: (N, d)``, ``invalid: (B, N)`` -> mean over the batch of L_m."""
-        logits = (self.scale * (x @ mem.T)).masked_fill(invalid, float("-inf"))  # (B, N)
+        logits = (self.scale * x) @ mem.T  # (B, N); autograd keeps this one (B, N) matrix
+        logits.masked_fill_(invalid, float("-inf"))
         nearest = logits.topk(self.k, dim=1).values  # (B, k)
         return (logits.logsumexp(dim=1) - nearest.logsumexp(dim=1)).mean()
 
