@@ -104,7 +104,7 @@ def _safe_load(path: Path):
             f"checkpoint {str(path)!r} refused: it holds pickled Python objects ({shown}) that reidkit "
             "never executes; it was not written by reidkit or has been tampered with"
         )
-    allowed = [np.ndarray, np.dtype, _numpy_reconstruct()]
+    allowed = [np.ndarray, np.dtype, _numpy_reconstruct(), type(np.dtype(np.uint32))]
     try:
         with torch.serialization.safe_globals(allowed):
             return torch.load(path, map_location="cpu", weights_only=True)
