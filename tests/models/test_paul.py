@@ -157,3 +157,32 @@ def test_pretrained_trunk_loads_from_the_shared_file():
     model = paul_mobilenet_v2(pretrained=str(WEIGHTS), loc_channels=16, loc_hidden=8)
     key = next(k for k in state if k.endswith("weight"))
     torch.testing.assert_close(model.backbone.state_dict()[key], state[key])
+
+
+def test_target_stage_step_trains_all_but_the_frozen_generator():
+    from reidkit.losses.ipfl import ipfl_loss
+    from reidkit.losses.pedal import PatchMemoryBank
+
+    model = _small(num_classes=K).freeze_patch_generator().train()
+    images = torch.randn(10, 3, H, W)
+    bank = PatchMemoryBank(10, 6, 256, k=3)
+    with torch.no_grad():  # the initial pass over the "training set"
+        bank.fill(model.forward_train(images).local_feature, torch.arange(10))
+    frozen = {k: v.clone() for k, v in model.patch_generator.state_dict().items()}
+    trunk = model.backbone.features[0][0].weight.clone()
+    memory = bank.memory.clone()
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1, momentum=0.9)
+    idx = torch.tensor([1, 4, 7, 9])
+    views = images[idx] + 0.1 * torch.randn(4, 3, H, W)  # stand-in for the augmented copies
+    out = model.forward_train(torch.cat([images[idx], views]))  # B images + B copies
+    anchor, positive = out.embedding.split(4)
+    loss = bank.loss(out.local_feature[:4], idx) + 2.0 * ipfl_loss(anchor, positive)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    bank.update(out.local_feature[:4], idx)
+    for key, value in model.patch_generator.state_dict().items():
+        assert torch.equal(value, frozen[key]), key  # weights and BN statistics
+    assert not torch.equal(model.backbone.features[0][0].weight, trunk)
+    changed = (bank.memory != memory).any(dim=2).any(dim=0)  # (N,)
+    assert changed.tolist() == [i in idx.tolist() for i in range(10)]

@@ -354,13 +354,12 @@ def draw_patches(
     (h, w), pad = cell, 4
     scale = torch.tensor([w / input_size[1], h / input_size[0]], dtype=torch.float64)
     canvas = Image.new("RGB", (len(images) * (w + pad) + pad, h + 2 * pad), "white")
-    draw = ImageDraw.Draw(canvas)
     for i, img in enumerate(images):
-        x0 = pad + i * (w + pad)
-        canvas.paste(img.convert("RGB").resize((w, h), Image.BILINEAR), (x0, pad))
+        tile = img.convert("RGB").resize((w, h), Image.BILINEAR)
+        draw = ImageDraw.Draw(tile)  # drawing on the tile clips patches reaching outside it
         for m, quad in enumerate(corners[i] * scale):  # (4, 2) in cell pixels
-            points = [(x0 + float(x), pad + float(y)) for x, y in quad]
-            draw.polygon(points, outline=PALETTE[m % len(PALETTE)], width=2)
+            draw.polygon([(float(x), float(y)) for x, y in quad], outline=PALETTE[m % len(PALETTE)], width=2)
+        canvas.paste(tile, (pad + i * (w + pad), pad))
     return canvas
 
 
