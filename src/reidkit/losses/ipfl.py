@@ -82,7 +82,8 @@ def ipfl_loss(anchor: Tensor, positive: Tensor, margin: float = 2.0, r: int = 3)
     if anchor.dim() != 2 or not anchor.is_floating_point() or anchor.shape[0] < 2:
         raise ValueError(f"anchor must be (B, D) floating with B >= 2, got {tuple(anchor.shape)} {anchor.dtype}")
     if positive.shape != anchor.shape or positive.dtype != anchor.dtype:
-        raise ValueError(f"positive must match anchor {tuple(anchor.shape)} {anchor.dtype}, got {tuple(positive.shape)} {positive.dtype}")
+        want, got = f"{tuple(anchor.shape)} {anchor.dtype}", f"{tuple(positive.shape)} {positive.dtype}"
+        raise ValueError(f"positive must match anchor {want}, got {got}")
     if not margin >= 0:
         raise ValueError(f"margin must be >= 0, got {margin!r}")
     dist = EuclideanDistance()(anchor)  # (B, B)

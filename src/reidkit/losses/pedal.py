@@ -58,7 +58,9 @@ class PatchMemoryBank(nn.Module):
             outside ``(0, 1]``.
     """
 
-    def __init__(self, num_images: int, num_patches: int, dim: int, k: int = 10, scale: float = 30.0, momentum: float = 0.1):
+    def __init__(
+        self, num_images: int, num_patches: int, dim: int, k: int = 10, scale: float = 30.0, momentum: float = 0.1
+    ):
         super().__init__()
         for name, value in (("num_images", num_images), ("num_patches", num_patches), ("dim", dim), ("k", k)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -161,9 +163,10 @@ class PatchMemoryBank(nn.Module):
             raise ValueError(f"patch_feats must be (B, {m}, {d}) for this bank, got {got}")
         if not patch_feats.is_floating_point():
             raise ValueError(f"patch_feats must be floating point, got {patch_feats.dtype}")
-        if not isinstance(indices, Tensor) or indices.dtype != torch.int64 or tuple(indices.shape) != (patch_feats.shape[0],):
+        b = patch_feats.shape[0]
+        if not isinstance(indices, Tensor) or indices.dtype != torch.int64 or tuple(indices.shape) != (b,):
             got = f"{tuple(indices.shape)} {indices.dtype}" if isinstance(indices, Tensor) else type(indices).__name__
-            raise ValueError(f"indices must be a ({patch_feats.shape[0]},) int64 tensor of dataset positions, got {got}")
+            raise ValueError(f"indices must be a ({b},) int64 tensor of dataset positions, got {got}")
         if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= n):
             raise ValueError(f"indices must lie in [0, {n}), got [{int(indices.min())}, {int(indices.max())}]")
         if indices.unique().numel() != indices.numel():

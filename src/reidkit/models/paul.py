@@ -157,7 +157,9 @@ class PatchGenerator(nn.Module):
             nn.ReLU(inplace=True),
             nn.MaxPool2d(kernel_size=3, stride=2, padding=1),
         )
-        self.fc = nn.Sequential(nn.Linear(loc_channels, loc_hidden), nn.ReLU(inplace=True), nn.Linear(loc_hidden, 6 * num_patches))
+        self.fc = nn.Sequential(
+            nn.Linear(loc_channels, loc_hidden), nn.ReLU(inplace=True), nn.Linear(loc_hidden, 6 * num_patches)
+        )
         nn.init.kaiming_normal_(self.localization[0].weight, mode="fan_out", nonlinearity="relu")
         nn.init.zeros_(self.fc[2].weight)
         with torch.no_grad():
@@ -185,7 +187,8 @@ class PatchHead(nn.Module):
         _check_positive("patch_dim", patch_dim)
         self.out_dim = num_patches * patch_dim
         self.branches = nn.ModuleList(
-            nn.Sequential(nn.Conv2d(in_channels, patch_dim, kernel_size=1), nn.BatchNorm2d(patch_dim)) for _ in range(num_patches)
+            nn.Sequential(nn.Conv2d(in_channels, patch_dim, kernel_size=1), nn.BatchNorm2d(patch_dim))
+            for _ in range(num_patches)
         )
         self.classifiers = (
             nn.ModuleList(nn.Linear(patch_dim, num_classes) for _ in range(num_patches)) if num_classes > 0 else None
