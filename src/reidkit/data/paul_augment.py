@@ -1,7 +1,7 @@
 """PAUL's positive views: an augmented copy of every image serves as its positive in IPFL.
 
-Yang et al., CVPR 2019, Sec. 4.1: random crop of 70-95 % of the image, rotation up to 10 degrees,
-brightness, contrast and saturation in 80-120 %. The authors' code
+Yang et al., CVPR 2019, implementation details: random crop of 70-95 % of the image, rotation
+up to 10 degrees, brightness, contrast and saturation in 80-120 %. The authors' code
 (``src/dataset/market1501.py``) applies all of them in sequence (colour jitter, rotation, crop),
 then the usual training transform (flip, resize, normalise); it also jitters hue by 0.1, which the
 paper does not mention (``hue`` here, 0 by default).

@@ -2,7 +2,7 @@
 augmented copy of the anchor and whose negative is mined by cyclic ranking.
 
 Yang et al., "Patch-Based Discriminative Feature Learning for Unsupervised Person
-Re-identification", CVPR 2019, Sec. 3.4; reference code github.com/QizeYang/PAUL
+Re-identification", CVPR 2019, the IPFL section; reference code github.com/QizeYang/PAUL
 (``src/loss/myloss.py::Ipfl``).
 
 For anchor i (an image's concatenated patch features) with positive p_i (the same for its
@@ -13,7 +13,8 @@ augmented copy) and Euclidean distance d (smaller is closer)::
 Cyclic ranking picks ``n(i)``: walk i's ranked list of the other batch images from the nearest;
 candidate j is accepted as a negative only if i is *not* among the r nearest images of j's own
 ranked list (a mutual neighbour is likely the same person). The first accepted j is the hardest
-negative. Values: margin 2, r = 3 (paper Sec. 4.1; code ``--margin 2``, ``nearest=3``).
+negative. Values: margin 2, r = 3 (paper, implementation details; code ``--margin 2``,
+``nearest=3``).
 
 Differences from the authors' code, which compares every view with a per-image momentum average
 of the (view, augmented view) pair features of a fixed 128-d projection: here the positive is the

@@ -1,7 +1,7 @@
 """PEDAL, PAUL's patch-based discriminative feature learning loss, and its patch memory bank.
 
 Yang et al., "Patch-Based Discriminative Feature Learning for Unsupervised Person
-Re-identification", CVPR 2019, Sec. 3.3; reference code github.com/QizeYang/PAUL
+Re-identification", CVPR 2019, the PEDAL section; reference code github.com/QizeYang/PAUL
 (``src/loss/myloss.py::Pedal``, ``src/loss/smooth.py::PatchMemory``).
 
 The bank holds, for every training image i and patch m, an L2-normalised feature ``mem[m, i]``.
@@ -14,12 +14,12 @@ where ``N_k(i)`` are the k entries most similar to x among ``j != i`` (the image
 left out of both sums, as in the code). PEDAL is the mean of ``L_m(i)`` over the batch and the M
 patches. After each step, ``mem[m, i] <- normalise((1 - l) * mem[m, i] + l * x)``.
 
-Values: k = 10, l = 0.1 (paper Sec. 4.1; code ``--mm 0.1``); s = 30 for Market-1501 and 10 for
-DukeMTMC-reID (paper). The code writes the loss with squared Euclidean distances,
-``exp(-s' ||x - m||^2)``, with ``s' = 15`` (Market) and ``5`` (Duke); on unit vectors
-``||x - m||^2 = 2 - 2 x . m``, so that is this formula with ``s = 2 s'``, the paper's values.
-The code does not re-normalise the memory after the momentum update; the paper's update (here)
-does.
+Values: k = 10, l = 0.1 (paper, implementation details; code ``--mm 0.1``); s = 30 for
+Market-1501 and 10 for DukeMTMC-reID (paper, as summarised by seed 003). The code writes the
+loss with squared Euclidean distances, ``exp(-s' ||x - m||^2)``, with ``s' = 15`` (Market) and
+``5`` (Duke) in its README; on unit vectors ``||x - m||^2 = 2 - 2 x . m``, so that is this
+formula with ``s = 2 s'``, the paper's values. The code does not re-normalise the memory after
+the momentum update; the update here does, as the paper's (METHODS.md section 5).
 
 Initialisation (code ``unsupervised_train.py``): one pass over the target training set, with the
 model in train mode and no gradients, writes every image's features into the bank

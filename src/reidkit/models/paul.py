@@ -14,7 +14,7 @@ Values, with their source (paper = CVPR 2019 text, code = the authors' repositor
 
 * ``M = 6`` patches (code: ``self.stripe = 6``, the 36 outputs of ``fc_loc``).
 * Initial layout: six full-width horizontal stripes of height 1/6 that tile the map, given by the
-  bias of the last localisation FC, whose weight starts at zero (paper Sec. 3.2; code:
+  bias of the last localisation FC, whose weight starts at zero (paper, PatchNet section; code:
   ``path_postion``, theta_m = [[1, 0, 0], [0, 1/6, t_m]] with t_m = -5/6, -3/6, ..., 5/6).
 * Localisation net (code): conv 3x3 C -> 4096, BN, ReLU, max pool 3 / stride 2 / pad 1, global
   average pool, FC 4096 -> 512, ReLU, FC 512 -> 6 M.
@@ -26,7 +26,7 @@ Values, with their source (paper = CVPR 2019 text, code = the authors' repositor
 * Supervised source stage (code ``PatchNet``): the same branch followed by ReLU, one identity
   classifier per patch, loss ``sum_m CE(logits_m, y)``.
 
-Deviations, all parameters: the localisation conv has padding 1, so maps smaller than 3 x 3 (small
+Deviations: the localisation conv has padding 1, so maps smaller than 3 x 3 (small
 test inputs) work (the code has none: 24 x 8 -> 22 x 6); grid sampling uses
 ``align_corners=False``, under which the six initial stripes tile the map exactly (the authors
 ran PyTorch 0.4.1, whose behaviour was ``align_corners=True``); ``paul_mobilenet_v2`` uses a
@@ -123,7 +123,7 @@ class PatchGenerator(nn.Module):
     Conv 3x3 (``in_channels -> loc_channels``, padding 1) + BN + ReLU + max pool (3, stride 2,
     pad 1), global average pool, FC ``loc_channels -> loc_hidden`` + ReLU, FC ``loc_hidden ->
     6 M``. The last FC's weight starts at zero and its bias at ``init_theta``, so every image
-    starts with the same layout and the patches differ only by that bias (paper Sec. 3.2).
+    starts with the same layout and the patches differ only by that bias (paper, PatchNet section).
 
     Args:
         in_channels: C, channels of the trunk map.
