@@ -42,6 +42,7 @@ ArrayLike = Union[np.ndarray, Tensor]
 
 _CPU_BLOCK = 4096  # rows of a distance block on the CPU: (4096, 4096) float32 = 64 MiB
 _CUDA_BLOCK = 8192
+_RUN = 32  # columns whose minimum is tested at once when looking for near entries
 _CHUNK_ROWS = 256  # rows per chunk when gathering features of expansion sets
 _MAX_CONTRIBUTIONS = 1 << 22  # shared non-zeros summed per Jaccard chunk (bounds its temporaries)
 _MAX_DENSE = 1 << 24  # entries of a dense (rows, G) Jaccard accumulator
@@ -235,7 +236,6 @@ def _nearest(x: Tensor, k: int, block: int, num_query: int, sink: Tensor | None)
             torch.maximum(row_max[a:b], s.amax(1), out=row_max[a:b])
             torch.maximum(row_max[c:d], s.amax(0), out=row_max[c:d])
             _offer(best, s, a, c)
-            _offer(best, s.T, c, a)
             _sink(sink, s, a, b, c, d, num_query)
     return _Neighbours(best[1], row_max)
 
@@ -249,23 +249,47 @@ def _sink(sink: Tensor | None, s: Tensor, a: int, b: int, c: int, d: int, num_qu
 
 
 def _offer(best: tuple[Tensor, Tensor], s: Tensor, row0: int, col0: int) -> None:
-    """Merge the entries of block ``s`` (rows ``row0 + r``, columns ``col0 + c``) into ``best``.
+    """Merge block ``s = D[row0:, col0:]`` into ``best``: its rows to rows ``row0 + r``, its
+    columns to rows ``col0 + c``.
 
-    Only entries below their row's current ``k``-th smallest value can enter; when a block offers
-    many (early blocks, unlucky orders) its rows' top-k is taken instead.
+    Only entries below their item's current ``k``-th smallest distance can enter.
     """
     values, index = best
-    k = values.shape[1]
-    rows, cols = (s < values[row0 : row0 + len(s), -1:]).nonzero(as_tuple=True)
-    if len(rows) > 4 * k * len(s):
-        top = s.topk(min(k, s.shape[1]), dim=1, largest=False)
-        rows = torch.arange(len(s), device=s.device).repeat_interleave(top.values.shape[1])
-        cols, offered = top.indices.flatten(), top.values.flatten()
-    elif len(rows) == 0:
-        return
-    else:
-        offered = s[rows, cols]
-    _merge(values, index, rows + row0, cols + col0, offered)
+    for dim, first, other in ((1, row0, col0), (0, col0, row0)):
+        items, others, offered = _below(s, values[first : first + s.shape[1 - dim], -1], dim)
+        if len(items):
+            _merge(values, index, items + first, others + other, offered)
+
+
+def _below(s: Tensor, tau: Tensor, dim: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Entries of ``s (b, c)`` below their item's threshold ``tau``.
+
+    Items are the rows (``dim=1``: ``s[r, c] < tau[r]``) or the columns (``dim=0``:
+    ``s[r, c] < tau[c]``). Returns ``(items ascending, other index, values)``.
+
+    Hand-written two-level search instead of ``(s < tau).nonzero()``, which costs several times
+    a reduction on the CPU: the minimum of every run of ``_RUN`` entries along ``dim`` is
+    compared first, and only the runs that hold an entry below ``tau`` are looked into.
+    """
+    length = s.shape[dim] - s.shape[dim] % _RUN
+    runs = s.narrow(dim, 0, length).unflatten(dim, (length // _RUN, _RUN))  # run axis: dim + 1
+    mins = runs.amin(dim + 1)  # (b, m) or (m, c)
+    tau_b = tau[:, None] if dim == 1 else tau[None, :]
+    hit = (mins < tau_b).nonzero(as_tuple=True)
+    item, run = hit if dim == 1 else hit[::-1]
+    found = runs[item, run] if dim == 1 else runs[run, :, item]  # (h, _RUN)
+    sel, offset = (found < tau[item, None]).nonzero(as_tuple=True)
+    item, other, vals = item[sel], run[sel] * _RUN + offset, found[sel, offset]
+    if length < s.shape[dim]:  # the last entries, fewer than a run
+        tail = s.narrow(dim, length, s.shape[dim] - length)
+        t_first, t_second = (tail < tau_b).nonzero(as_tuple=True)
+        t_item, t_other = (t_first, t_second + length) if dim == 1 else (t_second, t_first + length)
+        item, other = torch.cat([item, t_item]), torch.cat([other, t_other])
+        vals = torch.cat([vals, tail[t_first, t_second]])
+    if dim == 0 or length < s.shape[dim]:
+        order = torch.argsort(item, stable=True)
+        item, other, vals = item[order], other[order], vals[order]
+    return item, other, vals
 
 
 def _merge(values: Tensor, index: Tensor, rows: Tensor, cols: Tensor, offered: Tensor) -> None:
