@@ -6,6 +6,7 @@ import fnmatch
 from collections.abc import Callable
 
 from .base import Backbone, BNNeckHead, EmbeddingHead, ReIDModel, ReIDOutput, build_head
+from .pretrained import WeightsError, WeightsFile
 
 _MODELS: dict[str, Callable[..., ReIDModel]] = {}
 
@@ -31,12 +32,14 @@ def create_model(name: str, num_classes: int = 0, pretrained=None, **kwargs) -> 
         name: one of :func:`list_models`.
         num_classes: training identities for the classifier; 0 builds no classifier.
         pretrained: ``None`` (random init), ``True`` (torchvision's ImageNet weights through its
-            ``weights=`` API; needs internet or a populated torch hub cache), or a path to a local
-            state dict for the backbone.
+            ``weights=`` API; needs internet or a populated torch hub cache), or the path of a
+            local weights file (reidkit, torchvision or torchreid layout, checked strictly), or
+            ``WeightsFile(path, strict=False)`` to load what fits with a warning.
         **kwargs: passed to the model's constructor (e.g. ``last_stride=1``, ``head="bnneck"``).
 
     Raises:
         KeyError: unknown ``name`` (the message lists the registered names).
+        WeightsError: the weights file is missing, unsafe or does not fit the model.
     """
     _import_all()
     if name not in _MODELS:
@@ -45,7 +48,7 @@ def create_model(name: str, num_classes: int = 0, pretrained=None, **kwargs) -> 
 
 
 def _import_all() -> None:
-    from . import aligned, mobilenet, msfl, mspcnn, osnet, paul, resnet  # noqa: F401
+    from . import aligned, mobilenet, msfl, mspcnn, osnet, osnet_ain, paul, resnet  # noqa: F401
 
 
 __all__ = [
@@ -54,6 +57,8 @@ __all__ = [
     "EmbeddingHead",
     "ReIDModel",
     "ReIDOutput",
+    "WeightsError",
+    "WeightsFile",
     "build_head",
     "create_model",
     "list_models",

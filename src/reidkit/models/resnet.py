@@ -1,17 +1,21 @@
 """ResNet-50 for ReID: torchvision backbone, ``last_stride`` option, BNNeck or BN-FC-ReLU head.
 
 Head choices: ``"bnneck"`` (Luo et al., "Bag of Tricks and a Strong Baseline for Deep Person
-ReID", CVPRW 2019) or ``"bn_fc_relu"``, the 512-d head of the AMSFL baseline (seed 000).
+ReID", CVPRW 2019), ``"bn_fc_relu"``, the 512-d head of the AMSFL baseline (seed 000), or
+``"pool"``, the pooled 2048-d vector itself (torchreid's ``resnet50``).
 """
 
 from __future__ import annotations
 
+import os
+
 import torchvision
-from torch import Tensor
+from torch import Tensor, nn
 
 from . import register_model
+from . import torchreid as _torchreid
 from .base import Backbone, ReIDModel, build_head
-from .pretrained import load_pretrained
+from .pretrained import is_weights_path, load_pretrained, load_state, read_weights
 
 
 class ResNetBackbone(Backbone):
@@ -49,6 +53,25 @@ class ResNetBackbone(Backbone):
         return maps
 
 
+class PoolHead(nn.Module):
+    """No embedding layer: the embedding is the pooled feature (torchreid's ``resnet50``).
+
+    Args:
+        in_dim: pooled feature size C (also the embedding size D).
+        num_classes: training identities; 0 for no classifier (a Linear with bias otherwise).
+    """
+
+    def __init__(self, in_dim: int, num_classes: int):
+        super().__init__()
+        self.out_dim = in_dim
+        self.classifier = nn.Linear(in_dim, num_classes) if num_classes > 0 else None
+
+    def forward(self, pooled: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
+        """``pooled: (B, C)`` -> ``(feature (B, C), embedding (B, C), logits (B, K) or None)``."""
+        logits = self.classifier(pooled) if self.classifier is not None else None
+        return pooled, pooled, logits
+
+
 def _torchvision_resnet50_state() -> dict:
     weights = torchvision.models.ResNet50_Weights.IMAGENET1K_V1
     return weights.get_state_dict(progress=True)
@@ -58,19 +81,47 @@ def _torchvision_resnet50_state() -> dict:
 def resnet50(
     num_classes: int = 0,
     pretrained=None,
-    last_stride: int = 1,
-    head: str = "bnneck",
+    last_stride: int | None = None,
+    head: str | None = None,
     embedding_dim: int = 512,
 ) -> ReIDModel:
     """ResNet-50 ReID model.
 
+    A torchreid ``resnet50`` checkpoint (recognised by its ``classifier`` next to the trunk) is
+    rebuilt as torchreid's architecture unless ``last_stride`` / ``head`` say otherwise: last
+    stride 2 and the ``"pool"`` head, so the embedding is torchreid's test-time feature.
+
     Args:
         num_classes: training identities (0: no classifier).
-        pretrained: ``None``, ``True`` (torchvision ImageNet weights) or a local state dict path.
-        last_stride: 1 (Bag of Tricks default) or 2.
-        head: ``"bnneck"`` (2048-d embedding) or ``"bn_fc_relu"`` (AMSFL, ``embedding_dim``-d).
-        embedding_dim: size of the ``bn_fc_relu`` embedding; ignored by ``bnneck``.
+        pretrained: ``None``, ``True`` (torchvision ImageNet weights into the backbone) or a local
+            weights file (reidkit, torchvision or torchreid layout; ``WeightsFile(path,
+            strict=False)`` to accept a partial one); see
+            :func:`reidkit.models.pretrained.load_state_dict_file`.
+        last_stride: 1 or 2; ``None``: 2 for a torchreid checkpoint, else 1 (Bag of Tricks).
+        head: ``"bnneck"`` (2048-d embedding), ``"bn_fc_relu"`` (AMSFL, ``embedding_dim``-d),
+            ``"fc_bn_relu"`` or ``"pool"`` (2048-d, no layer); ``None``: ``"pool"`` for a torchreid
+            checkpoint, else ``"bnneck"``.
+        embedding_dim: size of the FC heads' embedding; ignored by ``bnneck`` and ``pool``.
+
+    Raises:
+        ValueError: bad ``last_stride`` or ``head``.
+        reidkit.models.pretrained.WeightsError: the weights file is missing, unsafe or does not fit.
     """
+    state = read_weights(pretrained) if is_weights_path(pretrained) else None
+    from_torchreid = state is not None and _torchreid.identify(state) == ("resnet", "resnet50")
+    if last_stride is None:
+        last_stride = 2 if from_torchreid else 1
+    if head is None:
+        head = "pool" if from_torchreid else "bnneck"
     backbone = ResNetBackbone(last_stride=last_stride)
-    load_pretrained(backbone, pretrained, _torchvision_resnet50_state)
-    return ReIDModel(backbone, build_head(head, backbone.out_channels[-1], num_classes, embedding_dim))
+    if head == "pool":
+        head_module = PoolHead(backbone.out_channels[-1], num_classes)
+    else:
+        head_module = build_head(head, backbone.out_channels[-1], num_classes, embedding_dim)
+    model = ReIDModel(backbone, head_module)
+    if state is not None:
+        strict = getattr(pretrained, "strict", True)
+        load_state(model, state, where=os.fspath(pretrained), strict=strict, arch="resnet50")
+    else:
+        load_pretrained(backbone, pretrained, _torchvision_resnet50_state)
+    return model
