@@ -75,15 +75,26 @@ def build_datasets(data: DataConfig) -> tuple[ReIDDataset, ReIDDataset]:
 
     With ``data.skip_unreadable`` every image is decoded once and unreadable ones are dropped
     with a warning (:meth:`~reidkit.data.ReIDDataset.check_images`).
+
+    Raises:
+        ConfigError: an unknown dataset name (naming ``data.name`` / ``data.eval_name``).
+        DatasetError: a bad option or files not in the dataset's layout.
     """
-    train_ds = create_dataset(data.name, root=data.root, **data.options)
+    train_ds = _dataset(data.name, data.root, data.options, "data.name")
     eval_ds = train_ds
     if data.eval_name is not None:
-        eval_ds = create_dataset(data.eval_name, root=data.eval_root, **data.eval_options)
+        eval_ds = _dataset(data.eval_name, data.eval_root, data.eval_options, "data.eval_name")
     if data.skip_unreadable:
         for ds in {id(train_ds): train_ds, id(eval_ds): eval_ds}.values():
             ds.check_images(skip_unreadable=True)
     return train_ds, eval_ds
+
+
+def _dataset(name: str, root, options: dict, key: str) -> ReIDDataset:
+    try:
+        return create_dataset(name, root=root, **options)
+    except KeyError as err:
+        raise ConfigError(f"{key}: {err.args[0]}") from None
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
@@ -183,8 +194,8 @@ def _checked_sampler(data: DataConfig, pids: list[int], seed: int):
         return build_sampler(data, pids, seed)
     except ValueError as err:
         raise ConfigError(
-            f"data.sampler={data.sampler!r} (P={data.num_pids_per_batch}, K={data.num_instances}, "
-            f"batch_size={data.batch_size}): {err}"
+            f"data.sampler={data.sampler!r} with data.num_pids_per_batch={data.num_pids_per_batch}, "
+            f"data.num_instances={data.num_instances}, data.batch_size={data.batch_size}: {err}"
         ) from None
 
 

@@ -565,5 +565,15 @@ class SyntheticReID(ReIDDataset):
 
 @register_dataset("synthetic")
 def synthetic(root=None, **options) -> SyntheticReID:
-    """Build :class:`SyntheticReID`; ``root`` is accepted and ignored (nothing is read)."""
+    """Build :class:`SyntheticReID`; ``root`` is accepted and ignored (nothing is read).
+
+    Raises:
+        DatasetError: an option :class:`SyntheticReID` does not take (the valid ones are listed).
+    """
+    import inspect
+
+    valid = [p for p in inspect.signature(SyntheticReID).parameters if p != "self"]
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        raise DatasetError(f"synthetic: unknown option(s) {', '.join(unknown)}; valid options: {', '.join(valid)}")
     return SyntheticReID(**options)
