@@ -15,12 +15,15 @@ memory stays near :data:`MEMORY_BUDGET_BYTES`.
 
 from __future__ import annotations
 
+import math
 from typing import Union
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from reidkit.evaluation.rerank import as_feature_pair, compute_dtype
 
 ArrayLike = Union[np.ndarray, Tensor]
 
@@ -50,16 +53,18 @@ def alpha_query_expansion(
 
     Raises:
         TypeError: a feature matrix is not a real-valued tensor / array.
-        ValueError: a feature matrix is not 2-D or is empty, the two ``D`` differ, or ``k`` /
+        ValueError: a feature matrix is not 2-D, is empty or non-finite, the two ``D`` differ, or ``k`` /
             ``alpha`` is out of range.
     """
     qf, gf = _check(query_features, gallery_features, k, alpha)
-    qf, gf = F.normalize(qf, dim=1), F.normalize(gf.to(qf.device), dim=1)
+    qf, gf = F.normalize(qf, dim=1), F.normalize(gf, dim=1)
     with torch.no_grad():
         return _expand(qf, gf, k, alpha, exclude_self=False)
 
 
-def alpha_database_augmentation(gallery_features: ArrayLike, k: int = 10, alpha: float = 3.0) -> Tensor:
+def alpha_database_augmentation(
+    gallery_features: ArrayLike, k: int = 10, alpha: float = 3.0
+) -> Tensor:
     """Alpha-weighted database-side augmentation: each gallery item expanded by its gallery top-k.
 
     ``normalize(g_i + sum_j max(s_ij, 0) ** alpha * g_j)`` over the ``k`` most similar *other*
@@ -86,7 +91,7 @@ def alpha_database_augmentation(gallery_features: ArrayLike, k: int = 10, alpha:
 
 
 def _expand(qf: Tensor, gf: Tensor, k: int, alpha: float, exclude_self: bool) -> Tensor:
-    """``normalize(q + sum of weighted top-k gallery rows)`` for normalised ``qf (Q, D)``, ``gf (G, D)``."""
+    """``normalize(q + weighted top-k gallery rows)`` for normalised ``qf (Q, D)``, ``gf (G, D)``."""
     out = qf.clone()
     if k == 0:
         return out
@@ -108,22 +113,11 @@ def _check(
     qf: ArrayLike, gf: ArrayLike, k: int, alpha: float, exclude_self: bool = False
 ) -> tuple[Tensor, Tensor]:
     names = ("gallery", "gallery") if exclude_self else ("query", "gallery")
-    tensors = []
-    for name, f in zip(names, (qf, gf)):
-        f = torch.from_numpy(f) if isinstance(f, np.ndarray) else f
-        if not isinstance(f, Tensor) or f.dtype == torch.bool or f.is_complex():
-            kind = getattr(f, "dtype", type(f).__name__)
-            raise TypeError(f"{name}_features must be a real torch.Tensor or numpy array, got {kind}")
-        if f.ndim != 2 or len(f) == 0:
-            raise ValueError(f"{name}_features must be a non-empty 2-D (num_{name}, D) matrix, got shape {tuple(f.shape)}")
-        tensors.append(f.detach())
-    qf, gf = tensors
-    if qf.shape[1] != gf.shape[1]:
-        raise ValueError(f"{names[0]} and {names[1]} features must have the same D, got {tuple(qf.shape)} and {tuple(gf.shape)}")
+    qf, gf = as_feature_pair(qf, gf, names)
     max_k = len(gf) - int(exclude_self)
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 0 <= k <= max_k:
         raise ValueError(f"k must be an integer in [0, {max_k}] (gallery items available), got {k!r}")
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float, np.floating)) or not 0 <= alpha < float("inf"):
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float, np.floating)) or not 0 <= alpha < math.inf:
         raise ValueError(f"alpha must be a finite number >= 0, got {alpha!r}")
-    dtype = torch.float64 if qf.dtype == gf.dtype == torch.float64 else torch.float32
+    dtype = compute_dtype(qf, gf)
     return qf.to(dtype), gf.to(dtype)

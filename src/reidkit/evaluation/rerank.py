@@ -43,7 +43,7 @@ ArrayLike = Union[np.ndarray, Tensor]
 _CPU_BLOCK = 4096  # rows of a distance block on the CPU: (4096, 4096) float32 = 64 MiB
 _CUDA_BLOCK = 8192
 _RUN = 32  # columns whose minimum is tested at once when looking for near entries
-_CHUNK_ROWS = 256  # rows per chunk when gathering features of expansion sets
+_SET_ROWS = 1024  # rows per chunk when building expansion sets
 _MAX_CONTRIBUTIONS = 1 << 22  # shared non-zeros summed per Jaccard chunk (bounds its temporaries)
 _MAX_DENSE = 1 << 24  # entries of a dense (rows, G) Jaccard accumulator
 
@@ -60,6 +60,7 @@ class _Neighbours(NamedTuple):
     """The ``k`` nearest of every item (ascending distance) and each row's maximum distance."""
 
     index: Tensor  # (N, k) int64
+    dist: Tensor  # (N, k) squared Euclidean distances to them
     row_max: Tensor  # (N,) squared Euclidean, float
 
 
@@ -109,10 +110,10 @@ def re_ranking(
         ValueError: a feature matrix is not 2-D, is empty or non-finite, the two ``D`` differ, all
             items coincide, or ``k1``, ``k2``, ``lambda_value``, ``block_size`` is out of range.
     """
-    qf, gf = _check_features(query_features, gallery_features)
+    qf, gf = as_feature_pair(query_features, gallery_features)
     params = _check_params(k1, k2, lambda_value, block_size)
     home, dev = qf.device, _resolve_device(device, qf.device)
-    x = torch.cat([qf, gf]).to(device=dev, dtype=_compute_dtype(qf, gf))
+    x = torch.cat([qf, gf]).to(device=dev, dtype=compute_dtype(qf, gf))
     with torch.no_grad():
         out = torch.empty(len(qf), len(gf), dtype=x.dtype, device=dev)
         nb, v = _encode(x, len(qf), params, sink=out)
@@ -160,11 +161,11 @@ def re_ranking_candidates(
         TypeError, ValueError: as :func:`re_ranking`; also when ``candidate_index`` is not an
             integer ``(Q, n)`` array or holds a row outside ``[0, C)``.
     """
-    qf, cf = _check_features(query_features, candidate_features, names=("query", "candidate"))
+    qf, cf = as_feature_pair(query_features, candidate_features, names=("query", "candidate"))
     params = _check_params(k1, k2, lambda_value, block_size)
     home, dev = qf.device, _resolve_device(device, qf.device)
     index = _check_candidate_index(candidate_index, len(qf), len(cf)).to(dev)
-    x = torch.cat([qf, cf]).to(device=dev, dtype=_compute_dtype(qf, cf))
+    x = torch.cat([qf, cf]).to(device=dev, dtype=compute_dtype(qf, cf))
     with torch.no_grad():
         nb, v = _encode(x, len(qf), params, sink=None)
         dist = _pair_distances(x, torch.arange(len(qf), device=dev), index + len(qf))  # (Q, n)
@@ -190,7 +191,7 @@ def _encode(x: Tensor, num_query: int, p: _Params, sink: Tensor | None) -> tuple
     if bool((nb.row_max <= 0).any()):
         raise ValueError("re-ranking needs distinct features: every item coincides with all others")
     sets = _expansion_sets(nb.index[:, :k1], nb.index[:, :k_half])
-    v = _weights(x, sets, nb.row_max)
+    v = _weights(x, sets, nb)
     if p.k2 != 1:
         v = _local_expansion(v, nb.index[:, :k2])
     return nb, v
@@ -237,7 +238,7 @@ def _nearest(x: Tensor, k: int, block: int, num_query: int, sink: Tensor | None)
             torch.maximum(row_max[c:d], s.amax(0), out=row_max[c:d])
             _offer(best, s, a, c)
             _sink(sink, s, a, b, c, d, num_query)
-    return _Neighbours(best[1], row_max)
+    return _Neighbours(best[1], best[0], row_max)
 
 
 def _sink(sink: Tensor | None, s: Tensor, a: int, b: int, c: int, d: int, num_query: int) -> None:
@@ -325,26 +326,21 @@ def _expansion_sets(near: Tensor, near_half: Tensor) -> _Csr:
     """
     n = len(near)
     recip, recip_half = _reciprocal(near), _reciprocal(near_half)
-    rows = torch.arange(n, device=near.device)
-    keys = (rows[:, None] * n + near)[recip].sort().values  # (i, j) for j in R(i), sorted
-    keys = torch.cat([keys.new_tensor([-1]), keys])  # never empty
     members = []
-    for start in range(0, n, 8192):
-        i = rows[start : start + 8192]
-        cand, ok = near[i], recip[i]  # (b, k1 + 1)
+    for start in range(0, n, _SET_ROWS):
+        cand, ok = near[start : start + _SET_ROWS], recip[start : start + _SET_ROWS]  # (b, k1 + 1)
         half, half_ok = near_half[cand], recip_half[cand] & ok[..., None]  # (b, k1 + 1, kh)
-        key = i[:, None, None] * n + half
-        pos = torch.searchsorted(keys, key).clamp_(max=len(keys) - 1)
-        inside = (keys[pos] == key) & half_ok
+        own = cand.masked_fill(~ok, -1)  # R(i), padded with -1
+        inside = (half[..., None] == own[:, None, None, :]).any(-1) & half_ok  # (b, k1 + 1, kh)
         # the reference's float comparison: len(intersection) > 2/3 * len(half set)
         accept = ok & (inside.sum(-1).double() > 2.0 / 3 * half_ok.sum(-1).double())
-        union = torch.cat([cand.masked_fill(~ok, n), half.masked_fill(~(accept[..., None] & half_ok), n).flatten(1)], 1)
-        members.append(_unique_rows(union, n))
+        added = half.masked_fill(~(accept[..., None] & half_ok), n).flatten(1)
+        members.append(_unique_rows(torch.cat([cand.masked_fill(~ok, n), added], 1), n))
     return _concat_rows(members, n)
 
 
 def _unique_rows(padded: Tensor, pad: int) -> tuple[Tensor, Tensor]:
-    """Per-row sorted unique values of ``padded (b, m)`` that are not ``pad``: ``(counts, values)``."""
+    """Sorted unique values per row of ``padded (b, m)``, ``pad`` left out: ``(counts, values)``."""
     padded = padded.sort(1).values
     keep = padded != pad
     keep[:, 1:] &= padded[:, 1:] != padded[:, :-1]
@@ -358,18 +354,25 @@ def _concat_rows(parts: list[tuple[Tensor, Tensor]], n: int) -> _Csr:
     return _Csr(crow, torch.cat([v for _, v in parts]), torch.empty(0, device=counts.device))
 
 
-def _weights(x: Tensor, sets: _Csr, row_max: Tensor) -> _Csr:
-    """Step 4: ``V[i, j] = exp(-d[i, j])`` normalised over ``E(i)``, ``d`` row-normalised."""
+def _weights(x: Tensor, sets: _Csr, nb: _Neighbours) -> _Csr:
+    """Step 4: ``V[i, j] = exp(-d[i, j])`` normalised over ``E(i)``, ``d`` row-normalised.
+
+    Most members of ``E(i)`` are among the nearest of ``i``, whose distances are known; the
+    others are computed from the features.
+    """
     n = len(x)
-    counts = sets.crow.diff()
-    rows = torch.repeat_interleave(torch.arange(n, device=x.device), counts)  # (nnz,)
-    sq = x.pow(2).sum(1)  # (N,)
+    rows = torch.repeat_interleave(torch.arange(n, device=x.device), sets.crow.diff())  # (nnz,)
     dist = torch.empty(len(rows), dtype=x.dtype, device=x.device)
-    for start in range(0, n, _CHUNK_ROWS):
-        lo, hi = int(sets.crow[start]), int(sets.crow[min(start + _CHUNK_ROWS, n)])
-        r, c = rows[lo:hi], sets.col[lo:hi]
-        dist[lo:hi] = sq[r] + sq[c] - 2 * (x[r] * x[c]).sum(1)
-    weight = torch.exp(-(dist.clamp_(min=0) / row_max[rows]))
+    step = max(1, _MAX_CONTRIBUTIONS // nb.index.shape[1])
+    for lo in range(0, len(rows), step):
+        r, c = rows[lo : lo + step], sets.col[lo : lo + step]
+        match = nb.index[r] == c[:, None]  # (e, k)
+        known = match.any(1)
+        d = nb.dist[r].gather(1, match.int().argmax(1, keepdim=True))[:, 0]
+        if not bool(known.all()):
+            d[~known] = _pair_distances(x, r[~known], c[~known, None])[:, 0]
+        dist[lo : lo + step] = d
+    weight = torch.exp(-(dist.clamp_(min=0) / nb.row_max[rows]))
     total = torch.zeros(n, dtype=x.dtype, device=x.device).index_add_(0, rows, weight)
     return _Csr(sets.crow, sets.col, weight / total[rows])
 
@@ -402,7 +405,8 @@ def _local_expansion(v: _Csr, near: Tensor) -> _Csr:
         owner, col, val = _gather_rows(v, block.flatten())
         key = torch.div(owner, k2, rounding_mode="floor") * n + col
         uniq, inverse = torch.unique(key, return_inverse=True)  # sorted: by row, then column
-        values.append(torch.zeros(len(uniq), dtype=val.dtype, device=val.device).index_add_(0, inverse, val) / k2)
+        total = torch.zeros(len(uniq), dtype=val.dtype, device=val.device).index_add_(0, inverse, val)
+        values.append(total / k2)
         counts = torch.bincount(torch.div(uniq, n, rounding_mode="floor"), minlength=len(block))
         parts.append((counts, uniq % n))
     csr = _concat_rows(parts, n)
@@ -425,9 +429,9 @@ def _combine(
         shared = _shared_mass(v, inverted, lo, hi, num_gallery)  # (b, G)
         if columns is not None:
             shared = shared.gather(1, columns[lo:hi])
-        jaccard = shared.div_(shared.neg().add_(2)).neg_().add_(1)  # 1 - s / (2 - s)
-        block = out[lo:hi].clamp_(min=0).div_(query_max[lo:hi, None])
-        block.mul_(lam).add_(jaccard, alpha=1 - lam)
+        jaccard = shared.neg_().add_(2).reciprocal_().mul_(-2).add_(2)  # 2 - 2 / (2 - s) = 1 - s / (2 - s)
+        block = out[lo:hi].clamp_(min=0).mul_(lam / query_max[lo:hi, None])
+        block.add_(jaccard, alpha=1 - lam)
 
 
 def _inverted_index(v: _Csr, num_query: int) -> _Csr:
@@ -445,7 +449,8 @@ def _query_chunks(v: _Csr, inverted: _Csr, num_query: int, num_gallery: int) -> 
     """Query row ranges whose shared non-zeros and dense accumulator fit the chunk limits."""
     per_entry = inverted.crow.diff()[v.col[: int(v.crow[num_query])]]  # gallery rows per entry
     cost = torch.zeros(num_query, dtype=torch.long, device=v.col.device)
-    cost.index_add_(0, torch.repeat_interleave(torch.arange(num_query, device=cost.device), v.crow.diff()[:num_query]), per_entry)
+    owner = torch.repeat_interleave(torch.arange(num_query, device=cost.device), v.crow.diff()[:num_query])
+    cost.index_add_(0, owner, per_entry)
     cost = cost.cpu().tolist()
     max_rows = max(1, _MAX_DENSE // max(num_gallery, 1))
     chunks, lo, total = [], 0, 0
@@ -473,29 +478,40 @@ def _shared_mass(v: _Csr, inverted: _Csr, lo: int, hi: int, num_gallery: int) ->
 def _as_tensor(features: ArrayLike, name: str) -> Tensor:
     if isinstance(features, np.ndarray):
         features = torch.from_numpy(features)
-    if not isinstance(features, Tensor):
-        raise TypeError(f"{name}_features must be a torch.Tensor or numpy array, got {type(features).__name__}")
-    if features.dtype == torch.bool or features.is_complex():
-        raise TypeError(f"{name}_features must be real-valued, got {features.dtype}")
+    if not isinstance(features, Tensor) or features.dtype == torch.bool or features.is_complex():
+        kind = features.dtype if isinstance(features, Tensor) else type(features).__name__
+        raise TypeError(f"{name}_features must be a real-valued torch.Tensor or numpy array, got {kind}")
     return features.detach()
 
 
-def _check_features(qf: ArrayLike, gf: ArrayLike, names: tuple[str, str] = ("query", "gallery")) -> tuple[Tensor, Tensor]:
-    qf, gf = _as_tensor(qf, names[0]), _as_tensor(gf, names[1])
-    for name, f in zip(names, (qf, gf)):
+def as_feature_pair(
+    first: ArrayLike, second: ArrayLike, names: tuple[str, str] = ("query", "gallery")
+) -> tuple[Tensor, Tensor]:
+    """Two validated feature matrices ``(M, D)``, ``(N, D)`` as tensors (numpy arrays shared).
+
+    Raises:
+        TypeError: an input is not a real-valued torch tensor or numpy array.
+        ValueError: an input is not 2-D, is empty or holds NaN/inf (the first such row is
+            named), the two ``D`` differ, or the two are on different devices.
+    """
+    pair = _as_tensor(first, names[0]), _as_tensor(second, names[1])
+    for name, f in zip(names, pair):
         if f.ndim != 2 or len(f) == 0:
-            raise ValueError(f"{name}_features must be a non-empty 2-D (num_{name}, D) matrix, got shape {tuple(f.shape)}")
-        if not bool(torch.isfinite(f).all()):
-            raise ValueError(f"{name}_features holds NaN or inf (row {int((~torch.isfinite(f).all(1)).nonzero()[0])})")
-    if qf.shape[1] != gf.shape[1]:
-        raise ValueError(f"{names[0]} and {names[1]} features must have the same D, got {tuple(qf.shape)} and {tuple(gf.shape)}")
-    if qf.device != gf.device:
-        raise ValueError(f"{names[0]} and {names[1]} features are on different devices ({qf.device}, {gf.device})")
-    return qf, gf
+            shape = tuple(f.shape)
+            raise ValueError(f"{name}_features must be a non-empty 2-D (num_{name}, D) matrix, got shape {shape}")
+        finite = torch.isfinite(f).all(1)
+        if not bool(finite.all()):
+            raise ValueError(f"{name}_features holds NaN or inf (row {int((~finite).nonzero()[0])})")
+    (m, d1), (n, d2) = pair[0].shape, pair[1].shape
+    if d1 != d2:
+        raise ValueError(f"{names[0]} and {names[1]} features must have the same D, got ({m}, {d1}) and ({n}, {d2})")
+    if pair[0].device != pair[1].device:
+        raise ValueError(f"{names[0]} and {names[1]} features are on different devices: {pair[0].device}, {pair[1].device}")
+    return pair
 
 
 def _check_params(k1: int, k2: int, lam: float, block_size: int | None) -> _Params:
-    checked = {"k1": k1, "k2": k2} if block_size is None else {"k1": k1, "k2": k2, "block_size": block_size}
+    checked = {"k1": k1, "k2": k2, "block_size": 1 if block_size is None else block_size}
     for name, value in checked.items():
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
             raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
@@ -506,17 +522,22 @@ def _check_params(k1: int, k2: int, lam: float, block_size: int | None) -> _Para
 
 def _check_candidate_index(index: ArrayLike, num_query: int, num_candidates: int) -> Tensor:
     index = torch.from_numpy(index) if isinstance(index, np.ndarray) else index
-    if not isinstance(index, Tensor) or index.dtype.is_floating_point or index.dtype.is_complex or index.dtype == torch.bool:
-        raise TypeError(f"candidate_index must be an integer tensor / array (num_query, n), got {getattr(index, 'dtype', type(index).__name__)}")
+    if not isinstance(index, Tensor) or index.dtype.is_floating_point or index.is_complex() or index.dtype == torch.bool:
+        kind = index.dtype if isinstance(index, Tensor) else type(index).__name__
+        raise TypeError(f"candidate_index must be an integer tensor or array (num_query, n), got {kind}")
     if index.ndim != 2 or len(index) != num_query:
         raise ValueError(f"candidate_index must have shape (num_query={num_query}, n), got {tuple(index.shape)}")
-    if index.numel() and (int(index.min()) < 0 or int(index.max()) >= num_candidates):
-        raise ValueError(f"candidate_index must hold rows of candidate_features in [0, {num_candidates}), got [{int(index.min())}, {int(index.max())}]")
+    low, high = (int(index.min()), int(index.max())) if index.numel() else (0, 0)
+    if low < 0 or high >= num_candidates:
+        raise ValueError(
+            f"candidate_index must hold rows of candidate_features in [0, {num_candidates}), got [{low}, {high}]"
+        )
     return index.long()
 
 
-def _compute_dtype(qf: Tensor, gf: Tensor) -> torch.dtype:
-    return torch.float64 if qf.dtype == gf.dtype == torch.float64 else torch.float32
+def compute_dtype(first: Tensor, second: Tensor) -> torch.dtype:
+    """float64 when both inputs are float64, else float32."""
+    return torch.float64 if first.dtype == second.dtype == torch.float64 else torch.float32
 
 
 def _resolve_device(device: torch.device | str | None, default: torch.device) -> torch.device:
