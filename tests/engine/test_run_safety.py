@@ -171,3 +171,49 @@ def test_sigkill_then_resume_matches(tmp_path, tiny_config_file):
     epochs = [json.loads(x).get("epoch") for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert epochs[:-1] == list(range(1, 7))
     assert not [p for p in run.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_resume_with_another_model_is_a_clear_error(tmp_path, tiny_config_file, capsys):
+    run = tmp_path / "run"
+    assert main(["train", str(tiny_config_file), "--output", str(run)]) == 0
+    assert main(["train", str(tiny_config_file), "--output", str(run), "--resume",
+                 "--set", "model.name=mobilenet_v2", "--set", "train.max_epochs=2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "osnet_x0_25" in err and "mobilenet_v2" in err
+
+
+def test_non_finite_embeddings_stop_as_divergence(tmp_path, tiny_config_file, capsys, monkeypatch):
+    """A run whose model ends with NaN weights stops with one line, not 'distmat contains NaN'."""
+    from reidkit.engine import trainer as trainer_module
+
+    real = trainer_module.Trainer.train_one_epoch
+
+    def poison(self):
+        record = real(self)
+        with torch.no_grad():
+            for p in self.model.parameters():
+                p.fill_(float("nan"))
+        return record
+
+    monkeypatch.setattr(trainer_module.Trainer, "train_one_epoch", poison)
+    assert main(["train", str(tiny_config_file), "--output", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "diverged" in err and "NaN" in err
+
+
+def test_extract_train_split_keeps_file_pids(tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+
+    root = tmp_path / "ds"
+    for split, names in (("train", ["0007_c1_0.png", "0007_c2_0.png", "0042_c1_0.png"]),
+                         ("query", ["0003_c1_0.png"]), ("gallery", ["0003_c2_0.png"])):
+        (root / split).mkdir(parents=True)
+        for name in names:
+            Image.fromarray(np.zeros((32, 16, 3), dtype=np.uint8)).save(root / split / name)
+    out = tmp_path / "f.npz"
+    assert main(["extract", "--model", "osnet_x0_25", "--dataset", "folder", "--root", str(root),
+                 "--splits", "train", "query", "--output", str(out), "--set", "data.height=32",
+                 "--set", "data.width=16"]) == 0
+    data = np.load(out)
+    assert data["pids"].tolist() == [7, 7, 42, 3] and list(data["splits"]) == ["train"] * 3 + ["query"]
