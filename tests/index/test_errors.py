@@ -98,7 +98,7 @@ def test_bad_features_and_queries_leave_the_folder_untouched(built):
     nan = good.copy()
     nan[1, 4] = np.nan
     cases = [
-        (lambda: index.add(clustered_features(3, DIM + 1), entries_for(3)), "dimension 17; .* holds 16-d embeddings of test_model"),
+        (lambda: index.add(clustered_features(3, DIM + 1), entries_for(3)), rf"dimension 17; index .* of test_model \({MANIFEST.model_sha256[:12]}\) holds 16-d embeddings"),
         (lambda: index.add(np.zeros((0, DIM), np.float32), []), "features is empty"),
         (lambda: index.add(nan, entries_for(3)), "features row 1 has NaN"),
         (lambda: index.add(np.zeros((1, DIM), np.float32), entries_for(1)), "row 0 is a zero vector"),
@@ -174,3 +174,18 @@ def test_a_second_writer_gets_a_clear_error(built):
     assert second.refresh() and len(second) == 52
     second.add(clustered_features(1, DIM), entries_for(1, start=52))
     assert len(GalleryIndex.open(built)) == 53
+
+
+def test_a_write_failing_half_way_inside_a_batch_commits_nothing(built, monkeypatch):
+    index = GalleryIndex.open(built)
+    before = folder_snapshot(built)
+    with pytest.raises(GalleryIndexError, match="failed half-way inside this batch; nothing was committed"):
+        with index.batch():
+            index.add(clustered_features(2, DIM), entries_for(2, start=50))
+            monkeypatch.setattr(index._meta, "insert", lambda *a: (_ for _ in ()).throw(OSError("disk full")))
+            with pytest.raises(OSError, match="disk full"):
+                index.add(clustered_features(2, DIM), entries_for(2, start=52))  # vectors and faiss touched
+            monkeypatch.undo()
+            with pytest.raises(GalleryIndexError, match="not in index"):
+                index.remove([999])  # a write refused before it changes anything does not spoil the batch
+    assert folder_snapshot(built) == before and len(index) == 50 and len(GalleryIndex.open(built)) == 50

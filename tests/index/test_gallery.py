@@ -120,6 +120,7 @@ def test_camera_filters_equal_filtered_brute_force(flat):
     q_cams = np.arange(12) % 3
     cases = [
         (dict(camids=[1]), [cams == 1] * 12),
+        (dict(camids=2), [cams == 2] * 12),
         (dict(exclude_camids={0, 2}), [cams == 1] * 12),
         (dict(query_camids=q_cams), [cams != c for c in q_cams]),
         (dict(query_camids=q_cams, exclude_camids=[2]), [(cams != c) & (cams != 2) for c in q_cams]),

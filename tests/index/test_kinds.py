@@ -101,12 +101,20 @@ def test_hnsw_keeps_removed_vectors_until_rebuild(tmp_path, manifest, data):
     x, _, _ = data
     index = GalleryIndex.create(tmp_path / "h", DIM, manifest, kind="hnsw", M=16)
     index.add(x[:1000], entries_for(1000))
+    faiss_file = index.info().state.faiss_file
     index.remove(np.arange(500))
     assert index.info().faiss_ntotal == 1000 and len(index) == 500
+    assert index.info().state.faiss_file == faiss_file  # the graph did not change: not rewritten
+    with index.batch():
+        index.add(x[:3], entries_for(3, start=1000))
+        index.remove([1000])
+        hits = index.search(x[:3], topk=1).ids[:, 0]
+        assert hits[0] not in range(500) and list(hits[1:]) == [1001, 1002]  # the batch sees its own writes
     before = index.search(x[500:520], topk=5).ids
     index.rebuild()
-    assert index.info().faiss_ntotal == 500
+    assert index.info().faiss_ntotal == 502
     np.testing.assert_array_equal(GalleryIndex.open(tmp_path / "h").search(x[500:520], topk=5).ids[:, 0], before[:, 0])
+    assert index.info().state.params["M"] == 16  # rebuild keeps the parameters it is not given
 
 
 def test_rebuild_changes_the_kind_and_keeps_ids(tmp_path, manifest, data):

@@ -16,7 +16,8 @@ How a write commits (one generation; :meth:`GalleryIndex.batch` groups several w
    with the newest generation and undo what a killed writer left (SQLite rows stamped with a
    generation the manifest never committed, vector rows past ``next_id``, stray files);
 2. append vectors past ``next_id`` and fsync; write ``faiss-<gen+1>.index`` (temporary + fsync +
-   rename); insert / mark rows in SQLite stamped ``gen+1`` and commit that transaction;
+   rename) unless the faiss index is unchanged (removals from ``hnsw``); insert / mark rows in
+   SQLite stamped ``gen+1`` and commit that transaction;
 3. replace ``manifest.json`` (temporary + fsync + rename + folder fsync): **the commit point**;
 4. delete the faiss file of the old generation.
 
@@ -32,9 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import threading
-import uuid
 from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +42,7 @@ import numpy as np
 
 from .. import __version__
 from . import backends as fb
+from .checks import check_camids, check_entries, check_ids, check_rows, is_int, show, unknown_ids
 from .errors import GalleryIndexError
 from .manifest import MANIFEST_NAME, IndexInfo, IndexManifest, IndexState, now_iso
 from .metadata import NO_CAMID, SQLITE_NAME, Entry, EntryMeta, EntryPage, MetadataStore
@@ -51,7 +51,9 @@ from .store import (
     VECTORS_NAME,
     VectorFile,
     WriterLock,
-    fsync_path,
+    build_folder,
+    check_new_folder,
+    read_state,
     remove_temporaries,
     replace_atomically,
     write_text_atomically,
@@ -67,9 +69,13 @@ class _Stale(Exception):
 
 @dataclass
 class _Txn:
+    """The write in progress: the generation it will commit and the state it builds."""
+
     gen: int
     state: IndexState
-    dirty: bool = False
+    writes: int = 0  # counted before each write changes anything
+    faiss_changed: bool = False
+    broken: bool = False  # a write failed half-way inside a batch that went on
 
 
 class GalleryIndex:
@@ -131,14 +137,15 @@ class GalleryIndex:
         """
         fb.require_faiss()
         folder = Path(folder)
+        _check_device(device)
         if not (isinstance(dim, int) and not isinstance(dim, bool) and dim > 0):
             raise GalleryIndexError(f"dim must be a positive integer, got {dim!r}")
         if not isinstance(manifest, IndexManifest):
             raise GalleryIndexError(f"manifest must be an IndexManifest, got {type(manifest).__name__}")
         params = fb.resolve_params(kind, dim, params)
-        _check_new_folder(folder)
+        check_new_folder(folder)
         state = IndexState(dim, kind, params, manifest, trained=kind not in fb.TRAINED_KINDS, reidkit_version=__version__)
-        _build_folder(folder, state)
+        build_folder(folder, state)
         return cls.open(folder, device=device, lock_timeout=lock_timeout)
 
     @classmethod
@@ -171,9 +178,8 @@ class GalleryIndex:
         """
         fb.require_faiss()
         folder = Path(folder)
-        if device not in ("auto", "cpu", "cuda"):
-            raise GalleryIndexError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
-        state = _read_state(folder)
+        _check_device(device)
+        state = read_state(folder)
         if expect_model is not None and not force:
             state.manifest.check_compatible(expect_model, folder)
         self = cls(folder, device, lock_timeout, fb.check_search_params(state.kind, search_params))
@@ -236,7 +242,7 @@ class GalleryIndex:
     def refresh(self) -> bool:
         """Load the newest committed generation if another process wrote one; True if it did."""
         with self._mutex:
-            if self._txn is not None or _read_state(self.folder).generation == self._state.generation:
+            if self._txn is not None or read_state(self.folder).generation == self._state.generation:
                 return False
             self._load()
             return True
@@ -247,12 +253,12 @@ class GalleryIndex:
         Raises:
             GalleryIndexError: an id that is not in the index (the message lists them).
         """
-        ids = self._check_ids(ids)
+        ids = check_ids(ids)
         with self._mutex:
             found = self._meta.get(ids.tolist(), self._view_gen)
         missing = [int(i) for i in ids if int(i) not in found]
         if missing:
-            raise GalleryIndexError(f"id(s) {_show(missing)} not in index {str(self.folder)!r}")
+            raise GalleryIndexError(f"id(s) {show(missing)} not in index {str(self.folder)!r}")
         return [found[int(i)] for i in ids]
 
     def features(self, ids: Sequence[int] | np.ndarray) -> np.ndarray:
@@ -261,8 +267,8 @@ class GalleryIndex:
         Raises:
             GalleryIndexError: an id that is not in the index.
         """
-        ids = self._check_ids(ids, live=True)
         with self._mutex:
+            ids = self._live_ids(ids)
             return np.array(self._vectors[ids], dtype=np.float32)
 
     def list_entries(
@@ -288,9 +294,9 @@ class GalleryIndex:
         Raises:
             GalleryIndexError: a negative offset or a limit outside 1..10000.
         """
-        if not (_is_int(offset) and offset >= 0) or not (_is_int(limit) and 1 <= limit <= _MAX_PAGE):
+        if not (is_int(offset) and offset >= 0) or not (is_int(limit) and 1 <= limit <= _MAX_PAGE):
             raise GalleryIndexError(f"list_entries: offset must be >= 0 and limit in 1..{_MAX_PAGE}; got {offset!r}, {limit!r}")
-        filters = dict(camids=camids, pid=pid, track_id=track_id, tag=tag, since=since, until=until)
+        filters = dict(camids=check_camids(camids, "camids"), pid=pid, track_id=track_id, tag=tag, since=since, until=until)
         with self._mutex:
             entries, total = self._meta.page(self._view_gen, offset, limit, filters)
         return EntryPage(entries, total, offset, limit)
@@ -328,9 +334,10 @@ class GalleryIndex:
             GalleryIndexError: empty queries, a dimension mismatch, NaN/inf, a bad ``topk`` or
                 ``query_camids`` length, an unknown search parameter.
         """
-        q = self._check_rows(queries, "queries")
-        if not (_is_int(topk) and topk > 0):
+        q = self._rows(queries, "queries")
+        if not (is_int(topk) and topk > 0):
             raise GalleryIndexError(f"topk must be a positive integer, got {topk!r}")
+        camids, exclude_camids = check_camids(camids, "camids"), check_camids(exclude_camids, "exclude_camids")
         if query_camids is not None:
             query_camids = np.asarray(query_camids, dtype=np.int64).reshape(-1)
             if len(query_camids) != len(q):
@@ -367,7 +374,8 @@ class GalleryIndex:
             return None
         if key not in self._selectors:
             allowed = self._ids if mask is None else self._ids[mask]
-            self._selectors[key] = fb.bitmap_selector(allowed, self._state.next_id) if len(allowed) else (False, None)
+            id_space = (self._txn.state if self._txn is not None else self._state).next_id
+            self._selectors[key] = fb.bitmap_selector(allowed, id_space) if len(allowed) else (False, None)
         return self._selectors[key][0]
 
     def _search_block(self, q: np.ndarray, topk: int, params: dict, selector):
@@ -399,15 +407,18 @@ class GalleryIndex:
     def batch(self) -> Iterator[GalleryIndex]:
         """Group writes: everything inside commits as one generation at the end, or not at all.
 
-        Holds the writer lock (and this object's mutex) for the whole block. If the block raises,
-        nothing of it reaches the disk and this object reloads the last committed generation.
+        Holds the writer lock (and this object's mutex) for the whole block; searches and reads of
+        this object inside the block see the block's writes. If the block raises, nothing of it
+        reaches the disk and this object reloads the last committed generation. A write that fails
+        half-way (after changing something) makes the whole batch fail, even if the block catches
+        its exception.
 
         Raises:
             IndexLockedError: another process writes the index for longer than ``lock_timeout``.
         """
         with self._mutex:
             if self._txn is not None:
-                yield self
+                yield from self._nested(self._txn)
                 return
             with self._lock.held():
                 self._begin()
@@ -417,6 +428,16 @@ class GalleryIndex:
                 except BaseException:
                     self._abort()
                     raise
+                finally:
+                    self._txn = None
+
+    def _nested(self, txn: _Txn) -> Iterator[GalleryIndex]:
+        writes = txn.writes
+        try:
+            yield self
+        except BaseException:
+            txn.broken = txn.broken or txn.writes != writes  # the failed write had changed something
+            raise
 
     def add(self, features, entries: Sequence[EntryMeta]) -> np.ndarray:
         """Add embeddings with their metadata.
@@ -434,13 +455,14 @@ class GalleryIndex:
                 zero vectors, a wrong number of entries or bad metadata, too few vectors to train.
             IndexLockedError: another writer holds the lock.
         """
-        x = self._check_rows(features, "features")
-        entries = _check_entries(entries, len(x))
+        x = self._rows(features, "features")
+        entries = check_entries(entries, len(x))
         with self.batch():
             txn = self._txn
             if self._index is None:
                 self._train(x)
-            txn.dirty = True
+            txn.writes += 1
+            txn.faiss_changed = True
             start = txn.state.next_id
             ids = np.arange(start, start + len(x), dtype=np.int64)
             self._vectors_file.write_rows(start, x)
@@ -449,6 +471,7 @@ class GalleryIndex:
             self._meta.insert(ids, entries, txn.gen)
             cams = np.array([NO_CAMID if e.camid is None else e.camid for e in entries], dtype=np.int64)
             self._ids, self._camids = np.concatenate([self._ids, ids]), np.concatenate([self._camids, cams])
+            self._selectors.clear()
             txn.state = txn.state.replace(next_id=start + len(x), count=len(self._ids))
         return ids
 
@@ -462,17 +485,19 @@ class GalleryIndex:
             GalleryIndexError: no ids, or an id not in the index (nothing is removed then).
             IndexLockedError: another writer holds the lock.
         """
-        ids = np.unique(self._check_ids(ids))
+        ids = np.unique(check_ids(ids))
         with self.batch():
             txn = self._txn
-            ids = self._check_ids(ids, live=True)
-            txn.dirty = True
+            ids = self._live_ids(ids)
+            txn.writes += 1
             if self.kind != "hnsw":
+                txn.faiss_changed = True
                 removed = self._index.remove_ids(fb.faiss.IDSelectorBatch(ids))
                 assert removed == len(ids), (removed, len(ids))
             self._meta.mark_removed(ids, txn.gen)
             keep = ~np.isin(self._ids, ids)
             self._ids, self._camids = self._ids[keep], self._camids[keep]
+            self._selectors.clear()
             txn.state = txn.state.replace(count=len(self._ids))
 
     def train(self, features) -> None:
@@ -482,7 +507,7 @@ class GalleryIndex:
             GalleryIndexError: the kind needs no training, the index is already trained (use
                 :meth:`rebuild`), or too few vectors.
         """
-        x = self._check_rows(features, "features")
+        x = self._rows(features, "features")
         if self.kind not in fb.TRAINED_KINDS:
             raise GalleryIndexError(f"index {str(self.folder)!r} is of kind {self.kind!r}, which needs no training")
         with self.batch():
@@ -501,10 +526,11 @@ class GalleryIndex:
             GalleryIndexError: a bad kind or parameter; too few entries to train.
         """
         kind = kind or self.kind
-        params = fb.resolve_params(kind, self.dim, params or (self._state.params if kind == self.kind else {}))
+        params = fb.resolve_params(kind, self.dim, {**self._state.params, **params} if kind == self.kind else params)
         with self.batch():
             txn = self._txn
-            txn.dirty = True
+            txn.writes += 1
+            txn.faiss_changed = True
             txn.state = txn.state.replace(kind=kind, params=params, trained=kind not in fb.TRAINED_KINDS)
             self._index = None
             if kind not in fb.TRAINED_KINDS:
@@ -518,11 +544,13 @@ class GalleryIndex:
     def _train(self, x: np.ndarray, rows: np.ndarray | None = None) -> None:
         txn = self._txn
         index, params = fb.train_index(txn.state.kind, self.dim, txn.state.params, x, rows)
-        self._index, txn.dirty = index, True
+        txn.writes += 1
+        txn.faiss_changed = True
+        self._index = index
         txn.state = txn.state.replace(params=params, trained=True)
 
     def _begin(self) -> None:
-        disk = _read_state(self.folder)
+        disk = read_state(self.folder)
         self._meta.rollback_to(disk.generation)
         if disk.generation != self._state.generation:
             self._load()
@@ -533,13 +561,19 @@ class GalleryIndex:
         self._txn = _Txn(self._state.generation + 1, self._state)
 
     def _commit(self) -> None:
-        txn, self._txn = self._txn, None
-        if not txn.dirty:
+        txn = self._txn
+        if txn.broken:
+            raise GalleryIndexError(
+                f"a write to index {str(self.folder)!r} failed half-way inside this batch; nothing was committed"
+            )
+        if not txn.writes:
             self._meta.rollback()
             return
         state = txn.state
-        faiss_file, faiss_bytes = None, None
-        if state.kind != "flat" and self._index is not None:
+        faiss_file, faiss_bytes = state.faiss_file, state.faiss_bytes
+        if state.kind == "flat" or self._index is None:
+            faiss_file, faiss_bytes = None, None
+        elif txn.faiss_changed:
             faiss_file = f"faiss-{txn.gen:010d}.index"
             path = self.folder / faiss_file
             replace_atomically(path, lambda tmp: fb.write_index(self._index, tmp))
@@ -556,12 +590,26 @@ class GalleryIndex:
         self._remove_faiss_files(keep=faiss_file)
 
     def _abort(self) -> None:
-        txn, self._txn = self._txn, None
+        txn = self._txn
         self._meta.rollback()
-        if txn is not None and txn.dirty:
-            self._meta.rollback_to(_read_state(self.folder).generation)  # SQLite committed, manifest not
+        if txn is not None and txn.writes:
+            disk = read_state(self.folder)
+            self._meta.rollback_to(disk.generation)  # SQLite committed, manifest not
+            self._vectors_file.truncate(disk.next_id)
             self._index = None
             self._load()
+
+    def _rows(self, x, what: str) -> np.ndarray:
+        where = f"index {str(self.folder)!r} of {self.manifest.describe()}"
+        return check_rows(x, self.dim, self.manifest.normalized, what, where)
+
+    def _live_ids(self, ids) -> np.ndarray:
+        """``ids`` as int64, all of them live entries, or a GalleryIndexError listing the others."""
+        ids = check_ids(ids)
+        unknown = unknown_ids(ids, self._ids)
+        if len(unknown):
+            raise GalleryIndexError(f"id(s) {show(unknown.tolist())} not in index {str(self.folder)!r}")
+        return ids
 
     def _remove_faiss_files(self, keep: str | None) -> None:
         for path in self.folder.glob("faiss-*.index"):
@@ -574,7 +622,7 @@ class GalleryIndex:
     def _load(self) -> None:
         for _ in range(10):
             try:
-                return self._load_generation(_read_state(self.folder))
+                return self._load_generation(read_state(self.folder))
             except _Stale:
                 continue
         raise GalleryIndexError(f"index {str(self.folder)!r} changes faster than it can be loaded")
@@ -631,7 +679,7 @@ class GalleryIndex:
         return old
 
     def _raise_inconsistent(self, state: IndexState, what: str) -> None:
-        if _read_state(self.folder).generation != state.generation:
+        if read_state(self.folder).generation != state.generation:
             raise _Stale()
         raise GalleryIndexError(f"index {str(self.folder)!r} is inconsistent: {what}")
 
@@ -642,125 +690,13 @@ class GalleryIndex:
         else:
             self._search_index, self._search_device = fb.to_device(self._index, self.kind, self._device)
 
-    # ---- input checks ----
 
-    def _check_rows(self, x, what: str) -> np.ndarray:
-        """``x`` as ``(N, D)`` contiguous float32, finite, normalised when the manifest says so."""
-        if hasattr(x, "detach"):
-            x = x.detach().cpu().numpy()
-        try:
-            x = np.array(x, dtype=np.float32)
-        except (TypeError, ValueError) as err:
-            raise GalleryIndexError(f"{what} must be a numeric (N, D) array: {err}") from None
-        if x.ndim != 2:
-            raise GalleryIndexError(f"{what} must be a (N, D) array; got shape {x.shape}")
-        if len(x) == 0:
-            raise GalleryIndexError(f"{what} is empty (0 rows); expected at least one row of dimension {self.dim}")
-        if x.shape[1] != self.dim:
-            raise GalleryIndexError(
-                f"{what} have dimension {x.shape[1]}; index {str(self.folder)!r} holds {self.dim}-d embeddings "
-                f"of {self.manifest.describe()}"
-            )
-        bad = np.flatnonzero(~np.isfinite(x).all(axis=1))
-        if len(bad):
-            raise GalleryIndexError(f"{what} row {bad[0]} has NaN or infinite values ({len(bad)} such rows)")
-        if self.manifest.normalized:
-            norms = np.linalg.norm(x, axis=1, keepdims=True)
-            zero = np.flatnonzero(norms[:, 0] == 0)
-            if len(zero):
-                raise GalleryIndexError(f"{what} row {zero[0]} is a zero vector; it cannot be L2-normalised")
-            x /= norms
-        return np.ascontiguousarray(x)
-
-    def _check_ids(self, ids, live: bool = False) -> np.ndarray:
-        arr = np.asarray(ids)
-        if arr.ndim != 1 or not (np.issubdtype(arr.dtype, np.integer) or arr.size == 0):
-            raise GalleryIndexError(f"ids must be a 1-D sequence of integers, got {_show(np.ravel(arr).tolist())}")
-        if arr.size == 0:
-            raise GalleryIndexError("no ids given")
-        arr = arr.astype(np.int64)
-        if live:
-            with self._mutex:
-                live_ids = self._ids
-            known = np.zeros(len(arr), dtype=bool)
-            if len(live_ids):
-                pos = np.minimum(np.searchsorted(live_ids, arr), len(live_ids) - 1)
-                known = live_ids[pos] == arr
-            unknown = arr[~known]
-            if len(unknown):
-                raise GalleryIndexError(f"id(s) {_show(unknown.tolist())} not in index {str(self.folder)!r}")
-        return arr
-
-
-# ---- helpers ----
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-
-
-def _show(values: list) -> str:
-    head = ", ".join(str(v) for v in values[:10])
-    return head + (f" ... ({len(values)} in all)" if len(values) > 10 else "")
-
-
-def _check_entries(entries, n: int) -> list[EntryMeta]:
-    if isinstance(entries, (str, bytes)) or not isinstance(entries, Sequence):
-        raise GalleryIndexError(f"entries must be a list of EntryMeta, got {type(entries).__name__}")
-    if len(entries) != n:
-        raise GalleryIndexError(f"{len(entries)} entries given for {n} feature rows")
-    out = []
-    for i, entry in enumerate(entries):
-        if isinstance(entry, dict):
-            try:
-                entry = EntryMeta(**entry)
-            except TypeError as err:
-                raise GalleryIndexError(f"entries[{i}]: {err}") from None
-        if not isinstance(entry, EntryMeta):
-            raise GalleryIndexError(f"entries[{i}] must be an EntryMeta or a dict, got {type(entry).__name__}")
-        out.append(entry)
-    return out
+def _check_device(device: str) -> None:
+    if device not in ("auto", "cpu", "cuda"):
+        raise GalleryIndexError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
 
 
 def _add_from_vectors(index, vectors: np.ndarray, ids: np.ndarray) -> None:
     for start in range(0, len(ids), _ADD_BLOCK):
         block = ids[start : start + _ADD_BLOCK]
         index.add_with_ids(np.ascontiguousarray(vectors[block], np.float32), block)
-
-
-def _read_state(folder: Path) -> IndexState:
-    """The committed state, with a clear error for a missing or foreign folder."""
-    if not folder.exists():
-        raise GalleryIndexError(f"index folder {str(folder)!r} does not exist")
-    if not folder.is_dir():
-        raise GalleryIndexError(f"index path {str(folder)!r} is not a folder")
-    path = folder / MANIFEST_NAME
-    if not path.is_file():
-        names = sorted(p.name for p in folder.iterdir())
-        held = f"it holds {_show(names)}" if names else "it is empty"
-        raise GalleryIndexError(f"{str(folder)!r} is not a reidkit gallery index (no {MANIFEST_NAME}; {held})")
-    return IndexState.from_file(path)
-
-
-def _check_new_folder(folder: Path) -> None:
-    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
-        raise GalleryIndexError(f"cannot create index {str(folder)!r}: it exists and is not an empty folder")
-
-
-def _build_folder(folder: Path, state: IndexState) -> None:
-    """Write a new index into a temporary sibling folder, then rename it into place."""
-    parent = folder.absolute().parent
-    parent.mkdir(parents=True, exist_ok=True)
-    for stale in parent.glob(f".{folder.name}.creating-*"):
-        shutil.rmtree(stale, ignore_errors=True)  # left by a killed create()
-    tmp = parent / f".{folder.name}.creating-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
-        VectorFile(tmp, state.dim).create()
-        MetadataStore(tmp / SQLITE_NAME, create=True).close()
-        write_text_atomically(tmp / MANIFEST_NAME, state.to_json())
-        os.replace(tmp, folder)
-        fsync_path(parent)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise

@@ -127,6 +127,7 @@ class MetadataStore:
         try:
             self._db = sqlite3.connect(path, timeout=60.0, isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute(f"PRAGMA journal_size_limit={64 * 2**20}")  # shrink the WAL after big writes
             if create:
                 self._db.execute("PRAGMA journal_mode=WAL")
                 self._db.executescript(_SCHEMA)

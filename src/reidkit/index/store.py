@@ -1,4 +1,4 @@
-"""Files of an index folder: atomic replacement, the writer lock and the append-only vectors file.
+"""Files of an index folder: atomic replacement, the writer lock, the vectors file, creation.
 
 All of it is plain POSIX: ``os.replace`` for atomic renames, ``fsync`` of files and of the folder
 so a committed rename survives a crash, ``fcntl.flock`` for the writer lock (released by the
@@ -10,13 +10,18 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import shutil
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 
+from .checks import show
 from .errors import GalleryIndexError, IndexLockedError
+from .manifest import MANIFEST_NAME, IndexState
+from .metadata import SQLITE_NAME, MetadataStore
 
 LOCK_NAME = "writer.lock"
 VECTORS_NAME = "vectors.f32"
@@ -174,3 +179,41 @@ class VectorFile:
 
     def sync(self) -> None:
         fsync_path(self.path)
+
+
+def read_state(folder: Path) -> IndexState:
+    """The committed state, with a clear error for a missing or foreign folder."""
+    if not folder.exists():
+        raise GalleryIndexError(f"index folder {str(folder)!r} does not exist")
+    if not folder.is_dir():
+        raise GalleryIndexError(f"index path {str(folder)!r} is not a folder")
+    path = folder / MANIFEST_NAME
+    if not path.is_file():
+        names = sorted(p.name for p in folder.iterdir())
+        held = f"it holds {show(names)}" if names else "it is empty"
+        raise GalleryIndexError(f"{str(folder)!r} is not a reidkit gallery index (no {MANIFEST_NAME}; {held})")
+    return IndexState.from_file(path)
+
+
+def check_new_folder(folder: Path) -> None:
+    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+        raise GalleryIndexError(f"cannot create index {str(folder)!r}: it exists and is not an empty folder")
+
+
+def build_folder(folder: Path, state: IndexState) -> None:
+    """Write a new index into a temporary sibling folder, then rename it into place."""
+    parent = folder.absolute().parent
+    parent.mkdir(parents=True, exist_ok=True)
+    for stale in parent.glob(f".{folder.name}.creating-*"):
+        shutil.rmtree(stale, ignore_errors=True)  # left by a killed create()
+    tmp = parent / f".{folder.name}.creating-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        VectorFile(tmp, state.dim).create()
+        MetadataStore(tmp / SQLITE_NAME, create=True).close()
+        write_text_atomically(tmp / MANIFEST_NAME, state.to_json())
+        os.replace(tmp, folder)
+        fsync_path(parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
