@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from reidkit.models import _MODELS
+from reidkit.models import _MODELS, WeightsError, WeightsFile
 from reidkit.models.osnet import (
     ChannelGate,
     LiteConv3x3,
@@ -216,17 +216,21 @@ def test_width_multiplier_scales_every_channel():
 # --- pretrained weights --------------------------------------------------------------------------
 
 
+def _with_bn_statistics(model: nn.Module) -> nn.Module:
+    with torch.no_grad():  # non-default BN statistics, so they must be loaded too
+        for m in model.modules():
+            if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+                m.running_mean.uniform_(-0.1, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+    return model
+
+
 @pytest.mark.parametrize("prefix", ["", "backbone.", "module.", "module.backbone."])
 def test_load_local_state_dict_reproduces_outputs(tmp_path, prefix):
     torch.manual_seed(0)
-    src = osnet_x0_25()
-    with torch.no_grad():  # non-default BN statistics, so they must be loaded too
-        for m in src.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.1, 0.1)
-                m.running_var.uniform_(0.5, 1.5)
+    src = _with_bn_statistics(osnet_x0_25())
     state = {prefix + k: v for k, v in src.backbone.state_dict().items()}
-    state["head.embed.0.weight"] = torch.zeros(3)  # a non-backbone key is ignored
+    state["classifier.weight"] = torch.zeros(3, 8)  # a classifier of another size is skipped
     path = tmp_path / "osnet.pth"
     torch.save(state, path)
 
@@ -238,13 +242,25 @@ def test_load_local_state_dict_reproduces_outputs(tmp_path, prefix):
         torch.testing.assert_close(fa, fb, rtol=0, atol=0)
 
 
-def test_load_warns_on_missing_keys(tmp_path):
+def test_whole_model_file_reproduces_the_embedding(tmp_path):
+    torch.manual_seed(0)
+    src = _with_bn_statistics(osnet_x0_25(num_classes=9))
+    torch.save({f"module.{k}": v for k, v in src.state_dict().items()}, tmp_path / "m.pth")
+    dst = osnet_x0_25(pretrained=tmp_path / "m.pth")  # head loaded too; classifier skipped
+    x = torch.randn(2, 3, 64, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(dst.eval()(x), src.eval()(x), rtol=0, atol=0)
+
+
+def test_missing_keys_raise_and_non_strict_warns(tmp_path):
     state = OSNetBackbone(width=0.25).state_dict()
     del state["conv5.0.weight"]
     path = tmp_path / "partial.pth"
     torch.save(state, path)
-    with pytest.warns(UserWarning, match="conv5.0.weight"):
+    with pytest.raises(WeightsError, match="partial.pth.*missing.*backbone.conv5.0.weight"):
         osnet_x0_25(pretrained=path)
+    with pytest.warns(UserWarning, match="conv5.0.weight"):
+        osnet_x0_25(pretrained=WeightsFile(path, strict=False))
 
 
 def test_load_rejects_unrelated_file_and_pretrained_true(tmp_path):
