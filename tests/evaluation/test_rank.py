@@ -1,4 +1,8 @@
-"""evaluate_rank against a plain per-query loop, a hand-worked example, and bad inputs."""
+"""evaluate_rank against a plain per-query loop, a hand-worked example, and bad inputs.
+
+The second half stresses the sort + binary-search ranking: ties resolved by comparison or by a
+stable sort, all-equal rows, signed zeros, every input dtype, block boundaries, threads.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ import torch
 
 from reidkit.evaluation import (
     RankResult,
+    rank,
     auto_block_size,
     compute_distance_matrix,
     evaluate_rank,
@@ -23,7 +28,7 @@ def reference_evaluate(distmat, q_pids, g_pids, q_camids, g_camids, max_rank):
     cmc_counts = [0] * max_rank
     aps, inps, skipped = [], [], 0
     for q in range(num_query):
-        ranked = sorted(range(num_gallery), key=lambda g: (float(distmat[q][g]), g))
+        ranked = sorted(range(num_gallery), key=lambda g: (distmat[q][g], g))  # exact values
         kept = [
             g
             for g in ranked
@@ -90,7 +95,7 @@ def test_torch_inputs_and_float64_give_the_same_result():
     np.testing.assert_array_equal(result.cmc, expected.cmc)
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int32])
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64, np.int32])
 def test_signed_zeros_negatives_and_infinities_are_ordered_like_the_reference(dtype):
     distmat, q_pids, g_pids, q_camids, g_camids = random_problem(7)
     values = np.array([-np.inf, -2.5, -0.0, 0.0, 1e-30, 3.0, np.inf])
@@ -203,10 +208,12 @@ def test_nan_and_bad_parameters_raise():
         evaluate_rank(*hand_example(), max_rank=5, block_size=0)
 
 
-def test_auto_block_size_stays_within_budget():
+@pytest.mark.parametrize("workers", [1, 2, 16])
+def test_auto_block_size_keeps_all_blocks_in_flight_within_budget(workers):
     num_gallery = 82_161  # MSMT17
-    rows = auto_block_size(num_gallery)
-    assert 1 <= rows and rows * num_gallery * 32 <= 256 * 2**20
+    rows = auto_block_size(num_gallery, num_workers=workers)
+    assert rows >= 1 and workers * rows * num_gallery * 16 <= rank.MEMORY_BUDGET_BYTES
+    assert workers * (rows + 1) * num_gallery * 16 > rank.MEMORY_BUDGET_BYTES  # the largest
     assert auto_block_size(10**12) == 1
 
 
@@ -250,3 +257,144 @@ def test_from_features_bad_inputs_raise():
         evaluate_rank_from_features(qf, gf, q_pids, g_pids, q_camids, g_camids, metric="l1")
     with pytest.raises(ValueError, match=r"g_pids must have shape \(num_gallery,\)"):
         evaluate_rank_from_features(qf, gf[:5], q_pids, g_pids, q_camids, g_camids)
+
+
+# --- stress cases for the sort + binary-search ranking -------------------------------------------
+
+
+def tie_heavy_problem(seed: int, num_query: int = 24, num_gallery: int = 120, num_values: int = 3):
+    """Few distinct distances and large same-pid groups (~20 per row), so rows have many tied
+    correct matches with several distinct tied distances; junk, distractors and absent pids."""
+    rng = np.random.default_rng(seed)
+    distmat = rng.integers(0, num_values, size=(num_query, num_gallery)).astype(np.float32)
+    g_pids = rng.integers(-1, 6, size=num_gallery)
+    q_pids = rng.integers(1, 8, size=num_query)  # 6 and 7 never appear in the gallery
+    return distmat, q_pids, g_pids, rng.integers(0, 3, num_query), rng.integers(0, 3, num_gallery)
+
+
+@pytest.mark.parametrize("max_tied_values", [-1, 0, 1, 4, 10**9])
+@pytest.mark.parametrize("seed", range(3))
+def test_every_tie_path_matches_the_plain_loop(monkeypatch, max_tied_values, seed):
+    # -1: every row through the stable sort; 10**9: every tie through comparisons.
+    monkeypatch.setattr(rank, "_MAX_TIED_VALUES_PER_ROW", max_tied_values)
+    for num_values in (1, 2, 5, 1000):
+        problem = tie_heavy_problem(seed, num_values=num_values)
+        expected = reference_evaluate(*problem, max_rank=30)
+        for block_size in (1, 5, None):
+            result = quietly(evaluate_rank, *problem, max_rank=30, block_size=block_size)
+            assert_matches_reference(result, expected)
+
+
+def test_all_equal_rows_next_to_untied_rows():
+    distmat, *labels = tie_heavy_problem(4, num_query=12)
+    rng = np.random.default_rng(4)
+    distmat[::2] = rng.permutation(distmat.size // 2).reshape(6, -1)  # distinct values
+    distmat[1::4] = 0.0
+    distmat[3::4] = -0.0  # all equal too: -0.0 == +0.0
+    distmat[3, ::3] = 0.0
+    problem = (distmat, *labels)
+    result = quietly(evaluate_rank, *problem, max_rank=30, block_size=3)
+    assert_matches_reference(result, reference_evaluate(*problem, max_rank=30))
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        np.array([3, -7, 0, 120], dtype=np.int8),
+        np.array([3, 7, 0, 250], dtype=np.uint8),
+        np.array([-300, 0, 2, 31_000], dtype=np.int16),
+        np.array([-5, 0, 2, 2**40, -(2**40)], dtype=np.int64),  # beyond int32
+        np.array([1, 2**32 - 1, 2**31, 0], dtype=np.uint32),
+        np.array([2**64 - 1, 2**63, 2**63 - 1, 1, 0], dtype=np.uint64),  # beyond int64
+        np.array([1.0, 1.0 + 2**-40, 1.0 - 2**-40, -0.0, 0.0, np.inf]),  # not float32 values
+        np.array([0.5, -0.0, 0.0, 65504.0, -np.inf], dtype=np.float16),
+    ],
+    ids=lambda values: str(values.dtype),
+)
+@pytest.mark.parametrize("max_tied_values", [-1, 4, 10**9])
+def test_every_input_dtype_is_ranked_exactly(monkeypatch, values, max_tied_values):
+    monkeypatch.setattr(rank, "_MAX_TIED_VALUES_PER_ROW", max_tied_values)
+    _, q_pids, g_pids, q_camids, g_camids = random_problem(8, num_query=20, num_gallery=60)
+    rng = np.random.default_rng(8)
+    distmat = values[rng.integers(0, len(values), size=(20, 60))]
+    distmat[:5] = values[rng.integers(0, len(values), size=(5, 60))][:, rng.permutation(60)]
+    problem = (distmat, q_pids, g_pids, q_camids, g_camids)
+    result = quietly(evaluate_rank, *problem, max_rank=20, block_size=7)
+    assert_matches_reference(result, reference_evaluate(*problem, max_rank=20))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.int64, torch.uint8])
+def test_torch_low_precision_and_integer_tensors(dtype):
+    distmat, *labels = random_problem(9)
+    tensor = torch.from_numpy(distmat * 2).to(dtype)
+    expected = reference_evaluate(tensor.double().numpy(), *labels, max_rank=10)
+    assert_matches_reference(quietly(evaluate_rank, tensor, *labels, max_rank=10), expected)
+
+
+@pytest.mark.parametrize("block_size", [1, 2, 3, 39, 40, 41, 1000])
+def test_block_boundaries_with_rare_ties_and_rows_without_positive(block_size):
+    rng = np.random.default_rng(10)
+    distmat = rng.random((40, 300), dtype=np.float32)
+    distmat[:, 150:170] = distmat[:, 10:30]  # some exact duplicates: a few tied items per row
+    g_pids = rng.integers(-1, 12, size=300)
+    q_pids = rng.integers(1, 14, size=40)  # 12 and 13: no correct match
+    labels = (q_pids, g_pids, rng.integers(0, 4, 40), rng.integers(0, 4, 300))
+    expected = reference_evaluate(distmat, *labels, max_rank=50)
+    assert expected[4] > 0
+    result = quietly(evaluate_rank, distmat, *labels, max_rank=50, block_size=block_size)
+    assert_matches_reference(result, expected)
+
+
+def test_more_threads_give_the_same_result(monkeypatch):
+    problem = tie_heavy_problem(11, num_query=50, num_values=4)
+    single = quietly(evaluate_rank, *problem, max_rank=20, block_size=4)
+    monkeypatch.setattr(rank, "_num_workers", lambda: 3)
+    threaded = quietly(evaluate_rank, *problem, max_rank=20, block_size=4)
+    np.testing.assert_array_equal(threaded.cmc, single.cmc)
+    assert (threaded.mAP, threaded.mINP) == (single.mAP, single.mINP)
+    generator = torch.Generator().manual_seed(11)
+    qf, gf = torch.randn(50, 8, generator=generator), torch.randn(120, 8, generator=generator)
+    full = quietly(evaluate_rank, compute_distance_matrix(qf, gf), *problem[1:], max_rank=20)
+    blocked = quietly(evaluate_rank_from_features, qf, gf, *problem[1:], max_rank=20, block_size=6)
+    np.testing.assert_array_equal(blocked.cmc, full.cmc)
+    assert (blocked.mAP, blocked.mINP) == (full.mAP, full.mINP)
+
+
+def test_blocks_are_drawn_only_when_a_thread_is_free():
+    workers, taken = 3, []
+
+    def blocks():
+        for index in range(20):
+            assert index - len(taken) <= workers - 1, "more blocks alive than threads"
+            yield index
+
+    for result in rank._map_in_order(lambda index: index * 2, blocks(), workers):
+        taken.append(result)
+    assert taken == [2 * index for index in range(20)]
+
+
+def test_read_only_memory_mapped_distmat(tmp_path):
+    distmat, *labels = random_problem(12)
+    path = tmp_path / "distmat.f32"
+    distmat.tofile(path)
+    mapped = np.memmap(path, dtype=np.float32, mode="r", shape=distmat.shape)
+    result = quietly(evaluate_rank, mapped, *labels, max_rank=20, block_size=8)
+    assert_matches_reference(result, reference_evaluate(distmat, *labels, max_rank=20))
+
+
+def test_nan_is_found_in_junk_columns_and_in_blocks_without_matches():
+    distmat, q_pids, g_pids, q_camids, g_camids = hand_example()
+    junk = distmat.copy()
+    junk[2, 3] = np.nan  # g3 is junk; query 2 (pid 3) has no match at all
+    with pytest.raises(ValueError, match=r"NaN \(query row 2\)"):
+        quietly(evaluate_rank, junk, q_pids, g_pids, q_camids, g_camids, max_rank=5)
+    unmatched = distmat.copy()
+    unmatched[2, 1] = np.nan  # in the only block of query 2, which has no same-pid item
+    with pytest.raises(ValueError, match=r"NaN \(query row 2\)"):
+        quietly(evaluate_rank, unmatched, q_pids, g_pids, q_camids, g_camids, 5, block_size=1)
+
+
+def test_all_junk_gallery_has_no_valid_query():
+    distmat, q_pids, g_pids, q_camids, g_camids = hand_example()
+    with pytest.raises(ValueError, match="no query has a correct match"):
+        quietly(evaluate_rank, distmat, q_pids, g_pids * 0 - 1, q_camids, g_camids, max_rank=5)
