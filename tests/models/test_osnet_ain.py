@@ -169,7 +169,8 @@ def test_multiply_adds_equal_osnets():
             else:
                 total += m.in_features * m.out_features
 
-        hooks = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+        layers = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+        hooks = [m.register_forward_hook(hook) for m in layers]
         with torch.no_grad():
             model.eval()(torch.randn(1, 3, 256, 128))
         for h in hooks:

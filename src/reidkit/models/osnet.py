@@ -338,6 +338,15 @@ def build_osnet(
     The whole model is loaded (backbone and, when the file has one, the FC-BN-ReLU head), so a
     torchreid checkpoint gives torchreid's own test-time feature.
 
+    Args:
+        arch: the registered name (messages; a torchreid file of another model is named).
+        width: the width multiplier.
+        num_classes: classifier size; 0 for none.
+        pretrained: ``None``, a path or a ``WeightsFile``; ``True`` raises.
+        head: ``"fc_bn_relu"``, ``"bn_fc_relu"`` or ``"bnneck"``.
+        embedding_dim: D of the FC heads.
+        **backbone_kwargs: :class:`OSNetBackbone` options.
+
     Raises:
         ValueError: ``pretrained=True`` (no download source), or an unknown ``head``.
         reidkit.models.pretrained.WeightsError: the file cannot be read or does not fit.
