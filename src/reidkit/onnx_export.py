@@ -35,7 +35,7 @@ from torch import Tensor, nn
 from . import __version__
 from .data.transforms import IMAGENET_MEAN, IMAGENET_STD, TransformConfig, build_transforms
 from .inference.backends import InferenceError, OnnxRuntimeBackend, ParityError, TorchBackend, parity
-from .inference.convert import DEFAULT_OPSET, INPUT_NAME, torch_to_onnx
+from .inference.convert import INPUT_NAME, torch_to_onnx
 
 PRECISIONS = ("fp32", "fp16", "int8")
 PARITY_THRESHOLDS = {"fp32": 0.9999, "fp16": 0.999, "int8": None}
@@ -81,7 +81,7 @@ def export_onnx(
     output: str | Path,
     input_size: tuple[int, int] = (256, 128),
     model_name: str | None = None,
-    opset: int = DEFAULT_OPSET,
+    opset: int | None = None,
     batch_size: int | None = None,
     precision: str = "fp32",
     calibration: str | Path | Sequence[str] | None = None,
@@ -97,7 +97,7 @@ def export_onnx(
         output: the ``.onnx`` file to write (its folder is created).
         input_size: ``(H, W)`` in pixels the graph takes (the model's training size).
         model_name: stored as ``model_name`` (default: the model's class name).
-        opset: ONNX opset version.
+        opset: ONNX opset version; ``None``: 17, or what an operator needs (up to 20).
         batch_size: fixed batch size; ``None`` exports a dynamic batch dimension.
         precision: ``"fp32"``, ``"fp16"`` or ``"int8"``.
         calibration: int8 only, required: a folder of images (searched recursively) or a list

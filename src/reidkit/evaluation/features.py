@@ -123,7 +123,8 @@ def extract_features(
         reidkit.inference.InferenceError: bad ``backend``, or a forced backend that cannot run.
     """
     device = torch.device(device)
-    if backend == "auto" and (with_local or _num_images(loader) < AUTO_MIN_IMAGES):
+    small = with_local or _num_images(loader) < AUTO_MIN_IMAGES
+    if backend == "auto" and small and not getattr(model, "is_onnx", False):
         backend = "torch"
     runner = None
     feats, local, pids, camids = [], [], [], []

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import re
 import warnings
 
 import torch
@@ -36,7 +37,7 @@ class _Normalized(nn.Module):
 def torch_to_onnx(
     model: nn.Module,
     input_size: tuple[int, int],
-    opset: int = DEFAULT_OPSET,
+    opset: int | None = None,
     batch_size: int | None = None,
     l2_normalize: bool = False,
     exporter: str = "torchscript",
@@ -49,7 +50,9 @@ def torch_to_onnx(
     Args:
         model: maps ``(B, 3, H, W)`` to ``(B, D)`` (a :class:`reidkit.models.ReIDModel`).
         input_size: ``(H, W)`` in pixels; fixed in the graph.
-        opset: ONNX opset version.
+        opset: ONNX opset version; ``None`` uses :data:`DEFAULT_OPSET` (17, read by most
+            runtimes), raised to the version an operator needs when the exporter says so (e.g.
+            20 for ``affine_grid``/``grid_sample``, PAUL's spatial transformer).
         batch_size: a fixed batch size B; ``None`` makes B a dynamic dimension.
         l2_normalize: append an L2 normalisation of the output.
         exporter: ``"torchscript"`` (default, fast) or ``"dynamo"`` (``torch.export`` based).
@@ -69,13 +72,25 @@ def torch_to_onnx(
     model = model.eval()
     net = _Normalized(model) if l2_normalize else model
     example = torch.zeros(batch_size or 2, 3, height, width)
-    buf = io.BytesIO()
-    with _exporting():
-        try:
-            _export(net, example, buf, opset, batch_size is None, exporter)
-        except (RuntimeError, TypeError, ValueError, NotImplementedError) as err:
-            raise RuntimeError(f"ONNX export of {type(model).__name__} failed: {err}") from err
-    return onnx.load_from_string(buf.getvalue())
+    version = DEFAULT_OPSET if opset is None else opset
+    for _ in range(2):
+        buf = io.BytesIO()
+        with _exporting():
+            try:
+                _export(net, example, buf, version, batch_size is None, exporter)
+                return onnx.load_from_string(buf.getvalue())
+            except (RuntimeError, TypeError, ValueError, NotImplementedError) as err:
+                needed = _needed_opset(err) if opset is None else None
+                if needed is None or needed <= version:
+                    raise RuntimeError(f"ONNX export of {type(model).__name__} (opset {version}) failed: {err}") from err
+                version = needed
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _needed_opset(err: Exception) -> int | None:
+    """The opset an unsupported-operator error asks for ("... added in version 20 ..."), if any."""
+    match = re.search(r"added in version (\d+)", str(err))
+    return int(match.group(1)) if match else None
 
 
 def _export(net: nn.Module, example: Tensor, buf: io.BytesIO, opset: int, dynamic: bool, exporter: str) -> None:
