@@ -57,14 +57,14 @@ def test_existing_run_is_not_overwritten(tmp_path):
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     trainer = Trainer(tiny_config(max_epochs=3), tmp_path, log=quiet)
-    real, calls = trainer.compute_loss, {"n": 0}
+    real, calls = trainer.method.training_step, {"n": 0}
 
-    def poisoned(images, labels):
+    def poisoned(batch):
         calls["n"] += 1
-        total, parts = real(images, labels)
+        total, parts = real(batch)
         return (total * float("nan") if calls["n"] == 3 else total), parts
 
-    trainer.compute_loss = poisoned
+    trainer.method.training_step = poisoned
     with pytest.raises(TrainingDiverged, match="epoch 2, iteration 1"):
         trainer.fit()
     ckpt = load_checkpoint(tmp_path / "last.pt")

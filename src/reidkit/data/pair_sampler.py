@@ -38,6 +38,9 @@ class PairSampler(Sampler[int]):
             are needed.
     """
 
+    layout = "pairs"
+    """The batch layout produced: Siamese pairs ``(0, 1), (2, 3), ...``."""
+
     def __init__(
         self, pids: Sequence[int], batch_size: int, neg_pos_ratio: float = 2.0, seed: int = 0
     ):

@@ -1,4 +1,8 @@
-"""PK identity sampler (Hermans, Beyer, Leibe, "In Defense of the Triplet Loss", 2017)."""
+"""Training batch samplers: the PK identity sampler (Hermans, Beyer, Leibe, "In Defense of the
+Triplet Loss", 2017) and a label-free random sampler (unsupervised methods such as PAUL).
+
+Each sampler states the batch ``layout`` it produces; a loss that needs a layout states it in
+``required_layout`` and the trainer refuses a mismatch when the run starts."""
 
 from __future__ import annotations
 
@@ -25,6 +29,9 @@ class PKSampler(Sampler[int]):
     Raises:
         ValueError: P or K below 1, or fewer than P identities.
     """
+
+    layout = "pk"
+    """The batch layout produced: P identities x K images (losses may require a layout)."""
 
     def __init__(self, pids: Sequence[int], num_pids_per_batch: int, num_instances: int, seed: int = 0):
         if num_pids_per_batch < 1 or num_instances < 1:
@@ -61,3 +68,41 @@ class PKSampler(Sampler[int]):
                 idx = self.index[pids[j]]
                 chosen = rng.choice(idx, size=self.k, replace=len(idx) < self.k)
                 yield from (int(i) for i in chosen)
+
+
+class RandomBatchSampler(Sampler[int]):
+    """Yields every dataset index once per epoch in a seeded random order, ignoring labels.
+
+    For methods that learn without identity labels (PAUL): batches are ``batch_size`` random
+    images; the last incomplete batch is dropped by the loader.
+
+    Args:
+        num_items: dataset size N.
+        batch_size: images per batch B (>= 2).
+        seed: base seed; epoch ``e`` uses ``seed + e`` (call :meth:`set_epoch`).
+
+    Raises:
+        ValueError: ``batch_size < 2`` or fewer than ``batch_size`` items.
+    """
+
+    layout = "random"
+
+    def __init__(self, num_items: int, batch_size: int, seed: int = 0):
+        if batch_size < 2 or num_items < batch_size:
+            raise ValueError(f"RandomBatchSampler needs 2 <= batch_size <= {num_items} items, got {batch_size}")
+        self.num_items, self._batch_size, self.seed, self.epoch = num_items, batch_size, seed, 0
+
+    @property
+    def batch_size(self) -> int:
+        return self._batch_size
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose order :meth:`__iter__` yields next."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return (self.num_items // self._batch_size) * self._batch_size
+
+    def __iter__(self) -> Iterator[int]:
+        order = np.random.default_rng(self.seed + self.epoch).permutation(self.num_items)
+        yield from (int(i) for i in order[: len(self)])

@@ -115,11 +115,12 @@ class DataConfig:
         color_jitter: brightness/contrast/saturation jitter (0 disables).
         resize: ``[H, W]`` to resize to before a random crop to ``height x width`` (centre crop at
             test time), as MSP-CNN's 160x64 -> 144x56; ``None`` resizes straight to the input size.
-        sampler: ``"pk"`` (P identities x K images, Hermans et al. 2017) or ``"pairs"``
-            (Siamese pairs with ``neg_pos_ratio`` negatives per positive, MSP-CNN).
+        sampler: ``"pk"`` (P identities x K images, Hermans et al. 2017), ``"pairs"``
+            (Siamese pairs with ``neg_pos_ratio`` negatives per positive, MSP-CNN) or
+            ``"random"`` (label-free random batches of ``batch_size``, for PAUL).
         num_pids_per_batch: P of the PK sampler.
         num_instances: K of the PK sampler.
-        batch_size: images per batch of the ``pairs`` sampler (``None``: P x K).
+        batch_size: images per batch of the ``pairs`` and ``random`` samplers (``None``: P x K).
         neg_pos_ratio: negative pairs per positive pair of the ``pairs`` sampler.
         num_workers: data-loading processes (``None``: automatic).
         eval_batch_size: images per batch at feature extraction.
@@ -265,6 +266,16 @@ class EvalConfig:
     channels_last: bool | None = None
 
 
+@dataclass
+class MethodConfig:
+    """How a run trains: a registered training method (:mod:`reidkit.engine.methods`) and its
+    options. ``auto``: ``mutual`` when ``mutual.peers`` is set, else ``supervised``; ``paul`` and
+    ``paul_source`` are PAUL's two stages (their options: see those classes)."""
+
+    name: str = "auto"
+    options: dict = field(default_factory=dict)
+
+
 def _default_loss() -> dict:
     return {"ce": {"weight": 1.0, "label_smoothing": 0.1}, "triplet": {"weight": 1.0, "margin": 0.3}}
 
@@ -284,6 +295,7 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     msgr: MSGRConfig = field(default_factory=MSGRConfig)
     mutual: MutualConfig = field(default_factory=MutualConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -443,7 +455,7 @@ def _check_data(d: DataConfig) -> None:
     if d.resize is not None:
         _check_ints(d.resize, "data.resize", 8)
         _rule(len(d.resize) == 2, "data.resize", d.resize, "[height, width]")
-    _rule(d.sampler in ("pk", "pairs"), "data.sampler", d.sampler, "'pk' or 'pairs'")
+    _rule(d.sampler in ("pk", "pairs", "random"), "data.sampler", d.sampler, "'pk', 'pairs' or 'random'")
     _rule(d.num_pids_per_batch >= 1, "data.num_pids_per_batch", d.num_pids_per_batch, "an integer >= 1 (P)")
     _rule(d.num_instances >= 1, "data.num_instances", d.num_instances, "an integer >= 1 (K)")
     _rule(d.batch_size is None or d.batch_size >= 2, "data.batch_size", d.batch_size, "null or an integer >= 2")

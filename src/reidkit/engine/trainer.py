@@ -1,9 +1,11 @@
-"""The training loop: PK batches, a weighted loss mapping, checkpoints, budgets and evaluation.
+"""The training loop: batches, a training method, checkpoints, budgets and evaluation.
 
-Reads top to bottom: build data, model, loss, optimiser and schedule from a :class:`Config`;
-resume from ``run_dir/last.pt`` when asked; then for each epoch train, log a JSON line, save an
-atomic checkpoint and evaluate every ``eval_every`` epochs; stop at ``max_epochs`` or when the
-wall-clock budget ``max_minutes`` is spent; evaluate the final model and write ``results.json``.
+Reads top to bottom: build data, the training method (its models and losses, chosen by
+``method.name``: :mod:`reidkit.engine.methods`), optimiser and schedule from a :class:`Config`;
+resume from ``run_dir/last.pt`` when asked; then for each epoch train, save an atomic
+checkpoint, evaluate every ``eval_every`` epochs and log a JSON line; stop at ``max_epochs`` or
+when the wall-clock budget ``max_minutes`` is spent; evaluate the final model and write
+``results.json``. The loop never learns a method's name: what a step computes is the method's.
 """
 
 from __future__ import annotations
@@ -22,39 +24,27 @@ from tqdm import tqdm
 from ..data import ReIDDataset, create_dataset
 from ..data.loader import train_loader
 from ..data.transforms import TransformConfig, build_transforms
-from ..data.samplers import PKSampler
-from ..losses import build_loss
-from ..losses.mutual import deep_mutual_loss, metric_mutual_loss
-from ..models import ReIDOutput, create_model
+from ..data.samplers import PKSampler, RandomBatchSampler
 from ..fileio import OutputError, atomic_write_text, clean_stale_temporaries, ensure_writable_dir
 from .checkpoint import FORMAT_VERSION, CheckpointError, atomic_save, load_checkpoint, load_model_state
 from .config import (
     Config,
     ConfigError,
     DataConfig,
-    ModelConfig,
     OptimConfig,
     SchedConfig,
-    section_from_dict,
     save_config,
     validate_config,
 )
+from .methods import Batch, MethodContext, TrainingMethod, build_method
+from .methods.base import as_float  # noqa: F401  (re-exported: reidkit <= 0.1 imported it from here)
+from .methods.supervised import model_configs as peer_model_configs
 from .evaluate import NonFiniteEmbeddings, evaluate_model
 from .runtime import autocast, preserved_rng, resolve_device, rng_state, seed_everything, set_rng_state
 
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
-
-
-def as_float(output: ReIDOutput) -> ReIDOutput:
-    """Cast an autocast (bfloat16/float16) model output to float32 so losses run in full precision."""
-    return output._replace(
-        embedding=output.embedding.float(),
-        feature=output.feature.float(),
-        logits=None if output.logits is None else output.logits.float(),
-        local_feature=None if output.local_feature is None else output.local_feature.float(),
-    )
 
 
 def transform_config(data: DataConfig) -> TransformConfig:
@@ -150,30 +140,9 @@ def _tensorboard_writer(log_dir: Path):
     return SummaryWriter(log_dir=str(log_dir))
 
 
-def peer_model_configs(cfg: Config) -> list[ModelConfig]:
-    """The model section of each model trained: ``[cfg.model]``, or the mutual-learning peers.
-
-    A model without ``init_seed`` is initialised from ``seed`` (a single model) or
-    ``seed + index`` (peer ``index``).
-
-    Raises:
-        ConfigError: a peer entry is not a valid model section.
-    """
-    if not cfg.mutual.peers:
-        return [dataclasses.replace(cfg.model, init_seed=_default(cfg.model.init_seed, cfg.seed))]
-    peers = []
-    for i, entry in enumerate(cfg.mutual.peers):
-        peer = section_from_dict(ModelConfig, entry, f"mutual.peers[{i}]")
-        peers.append(dataclasses.replace(peer, init_seed=_default(peer.init_seed, cfg.seed + i)))
-    return peers
-
-
-def _default(value, fallback):
-    return fallback if value is None else value
-
-
 def build_sampler(data: DataConfig, pids: list[int], seed: int):
-    """The training batch sampler named by ``data.sampler`` (``"pk"`` or ``"pairs"``).
+    """The training batch sampler named by ``data.sampler``: ``"pk"`` (P identities x K images),
+    ``"pairs"`` (Siamese pairs) or ``"random"`` (label-free, ``batch_size`` or P x K images).
 
     Raises:
         ConfigError: unknown sampler name.
@@ -185,7 +154,9 @@ def build_sampler(data: DataConfig, pids: list[int], seed: int):
 
         batch = data.batch_size or data.num_pids_per_batch * data.num_instances
         return PairSampler(pids, batch, neg_pos_ratio=data.neg_pos_ratio, seed=seed)
-    raise ConfigError(f"data.sampler: unknown sampler {data.sampler!r}; valid: pk, pairs")
+    if data.sampler == "random":
+        return RandomBatchSampler(len(pids), data.batch_size or data.num_pids_per_batch * data.num_instances, seed)
+    raise ConfigError(f"data.sampler: unknown sampler {data.sampler!r}; valid: pk, pairs, random")
 
 
 def _checked_sampler(data: DataConfig, pids: list[int], seed: int):
@@ -197,6 +168,25 @@ def _checked_sampler(data: DataConfig, pids: list[int], seed: int):
             f"data.sampler={data.sampler!r} with data.num_pids_per_batch={data.num_pids_per_batch}, "
             f"data.num_instances={data.num_instances}, data.batch_size={data.batch_size}: {err}"
         ) from None
+
+
+def check_layouts(method: TrainingMethod, sampler, sampler_name: str) -> None:
+    """Refuse, at start, a sampler whose batch layout a loss or the method cannot use.
+
+    Raises:
+        ConfigError: e.g. the ``ncc`` loss (Siamese pairs) with the ``pk`` sampler.
+    """
+    layout = getattr(sampler, "layout", None)
+    for loss, needed in method.required_layouts().items():
+        if needed != layout:
+            raise ConfigError(
+                f"loss.{loss} needs batches laid out as {needed!r}, but data.sampler={sampler_name!r} gives "
+                f"{layout!r}: set data.sampler: {needed}"
+            )
+    if method.sampler_layouts is not None and layout not in method.sampler_layouts:
+        raise ConfigError(
+            f"method {type(method).__name__} needs data.sampler in {list(method.sampler_layouts)}, got {sampler_name!r}"
+        )
 
 
 def active_loss_spec(spec: dict, epoch: int) -> dict:
@@ -293,19 +283,21 @@ class Trainer:
         if num_classes < 2:
             raise ConfigError(f"data: {cfg.data.name}: training needs at least 2 identities, found {num_classes}")
         self.model_cfgs = peer_model_configs(cfg)
-        self.models = nn.ModuleList([self._build_model(m, num_classes) for m in self.model_cfgs])
+        self.method: TrainingMethod = build_method(MethodContext(cfg, self.device, self.train_ds, num_classes, log))
+        self.models = self.method.models
         self.model = self.models[0]
         seed_everything(cfg.seed)  # data order and augmentation do not depend on the models built
-        self._loss_spec, self.criterion = None, None
-        self.optimizer = build_optimizer(self.models, cfg.optim)
+        self.optimizer = build_optimizer(self.method, cfg.optim)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda e: lr_factor(e, cfg.sched, cfg.train.max_epochs)
         )
         self.scaler = torch.amp.GradScaler("cuda", enabled=cfg.train.amp and self.device.type == "cuda")
+        sampler = _checked_sampler(cfg.data, [s.pid for s in self.train_ds.train], cfg.seed)
+        check_layouts(self.method, sampler, cfg.data.sampler)
         self.loader = train_loader(
             self.train_ds,
-            build_transforms(transform_config(cfg.data), train=True),
-            _checked_sampler(cfg.data, [s.pid for s in self.train_ds.train], cfg.seed),
+            self.method.train_transform(build_transforms(transform_config(cfg.data), train=True)),
+            sampler,
             num_workers=cfg.data.num_workers,
         )
         self.epoch, self.elapsed, self.records = 0, 0.0, []
@@ -320,24 +312,6 @@ class Trainer:
             self._rebuild_log()
         save_config(cfg, self.run_dir / "config.yaml")
         self._tensorboard = _tensorboard_writer(self.run_dir / "tensorboard")
-
-    def _build_model(self, mcfg: ModelConfig, num_classes: int):
-        torch.manual_seed(mcfg.init_seed)
-        try:
-            model = create_model(mcfg.name, num_classes=num_classes, pretrained=mcfg.pretrained, **mcfg.kwargs)
-        except KeyError as err:
-            raise ConfigError(f"model.name: {err.args[0]}") from None
-        except TypeError as err:
-            raise ConfigError(f"model.kwargs of {mcfg.name!r}: {err}") from None
-        return model.to(self.device)
-
-    def _update_criterion(self) -> None:
-        """(Re)build the loss when the set of losses active at this epoch changes."""
-        spec = active_loss_spec(self.cfg.loss, self.epoch)
-        if spec != self._loss_spec:
-            if self._loss_spec is not None:
-                self.log(f"epoch {self.epoch + 1}: losses now {sorted(spec)}")
-            self._loss_spec, self.criterion = spec, build_loss(spec)
 
     # ------------------------------------------------------------------ checkpoints
     def _model_entry(self, i: int) -> dict:
@@ -361,6 +335,7 @@ class Trainer:
             elapsed_seconds=self.elapsed,
             rng=rng_state(),
             log=list(self.records),
+            method_state=self.method.extra_state_dict(),
         )
         if len(self.models) > 1:
             state["peers"] = [m.state_dict() for m in self.models]
@@ -391,6 +366,7 @@ class Trainer:
         for i, (model, state) in enumerate(zip(self.models, ckpt.get("peers", [ckpt["model"]]))):
             load_model_state(model, state, f"{where} (model {names[i]!r})")
         try:
+            self.method.load_extra_state_dict(ckpt.get("method_state", {}))
             self.optimizer.load_state_dict(ckpt["optimizer"])
             self.scheduler.load_state_dict(ckpt["scheduler"])
             self.scaler.load_state_dict(ckpt.get("scaler", {}))
@@ -437,53 +413,6 @@ class Trainer:
                     self._tensorboard.add_scalar(key, value, self.epoch)
             self._tensorboard.flush()
 
-    # ------------------------------------------------------------------ one step
-    def compute_loss(self, images: torch.Tensor, pids: torch.Tensor) -> tuple[torch.Tensor, dict]:
-        """Forward every model on one batch; return the total loss and each part (floats).
-
-        Parts: each loss by name (``peer{i}.<name>`` with peers), ``dml`` / ``metric_mutual``
-        with peers, ``msgr`` when the regulariser is on.
-        """
-        msgr = self.cfg.msgr
-        if msgr.weight > 0 and msgr.include_input:
-            images.requires_grad_(True)
-        with autocast(self.device, self.cfg.train.amp):
-            outputs = [model.forward_train(images) for model in self.models]
-        outputs = [as_float(o) for o in outputs]
-        if len(outputs) == 1:
-            total, parts = self.criterion(outputs[0], pids)
-        else:
-            total, parts = self._peer_losses(outputs, pids)
-        if msgr.weight > 0:
-            penalty = self._msgr_penalty(total, images, outputs)
-            parts["msgr"] = float(penalty.detach())
-            total = total + msgr.weight * penalty
-        return total, parts
-
-    def _peer_losses(self, outputs: list[ReIDOutput], pids: torch.Tensor) -> tuple[torch.Tensor, dict]:
-        total, parts = 0.0, {}
-        for i, out in enumerate(outputs):
-            t, p = self.criterion(out, pids)
-            total = total + t
-            parts.update({f"peer{i}.{k}": v for k, v in p.items()})
-        mutual = self.cfg.mutual
-        if all(o.logits is not None for o in outputs):
-            dml = deep_mutual_loss([o.logits for o in outputs])
-            parts["dml"] = float(dml.detach())
-            total = total + mutual.dml_weight * dml
-        mml = metric_mutual_loss([o.feature for o in outputs])
-        parts["metric_mutual"] = float(mml.detach())
-        return total + mutual.metric_weight * mml, parts
-
-    def _msgr_penalty(self, total: torch.Tensor, images: torch.Tensor, outputs: list[ReIDOutput]) -> torch.Tensor:
-        from .msgr import msgr_penalty, select_msgr_inputs
-
-        msgr, inputs = self.cfg.msgr, []
-        for i, out in enumerate(outputs):
-            with_input = msgr.include_input and i == 0  # the shared input image counts once
-            inputs += select_msgr_inputs(images, out.feature_maps, msgr.stages, with_input)
-        return msgr_penalty(total, inputs, msgr.norm)
-
     # ------------------------------------------------------------------ loop
     def _time_based_lr(self) -> None:
         """With ``sched.by_time``, set the learning rate from the share of the wall-clock budget
@@ -499,19 +428,30 @@ class Trainer:
         budget = self.cfg.train.max_minutes
         return budget is not None and self.elapsed >= budget * 60
 
+    def _batch(self, raw) -> Batch:
+        """The loader's ``(images [, views], pids, camids, indices)`` as a :class:`Batch` on the
+        device; pids are blanked to -1 for a method that learns without labels."""
+        images, pids, camids, indices = raw
+        views = None
+        if isinstance(images, (list, tuple)):  # the method asked for (image, view) pairs
+            images, views = images
+            views = views.to(self.device, non_blocking=True)
+        pids = pids.to(self.device) if self.method.uses_labels else torch.full_like(pids, -1, device=self.device)
+        return Batch(images.to(self.device, non_blocking=True), pids, camids.to(self.device), indices.to(self.device), views)
+
     def train_one_epoch(self) -> dict:
-        """One pass over the PK sampler; returns mean loss parts, lr and images/s."""
-        self.models.train()
-        self._update_criterion()
+        """One pass over the sampler; returns mean loss parts, lr and images/s."""
+        self.method.train()
+        self.method.on_epoch_start(self.epoch)
         self.loader.sampler.set_epoch(self.epoch)
         sums: dict[str, float] = {}
         n_iter = n_img = 0
         t0 = t_last = time.perf_counter()
         limit = self.cfg.train.iters_per_epoch
         bar = tqdm(self.loader, desc=f"epoch {self.epoch + 1}", leave=False, disable=None)
-        for images, pids, _camids, _idx in bar:
-            images, pids = images.to(self.device, non_blocking=True), pids.to(self.device)
-            total, parts = self.compute_loss(images, pids)
+        for raw in bar:
+            batch = self._batch(raw)
+            total, parts = self.method.training_step(batch)
             if not torch.isfinite(total):
                 raise TrainingDiverged(
                     f"loss became {total.item()} at epoch {self.epoch + 1}, iteration {n_iter + 1} "
@@ -523,9 +463,10 @@ class Trainer:
             self.scaler.scale(total).backward()
             self.scaler.step(self.optimizer)
             self.scaler.update()
+            self.method.after_step()
             for k, v in parts.items():
                 sums[k] = sums.get(k, 0.0) + v
-            n_iter, n_img = n_iter + 1, n_img + images.shape[0]
+            n_iter, n_img = n_iter + 1, n_img + batch.images.shape[0]
             now = time.perf_counter()
             self.elapsed, t_last = self.elapsed + now - t_last, now
             bar.set_postfix(loss=f"{total.item():.3f}", img_s=f"{n_img / (time.perf_counter() - t0):.1f}")
@@ -562,6 +503,9 @@ class Trainer:
         """Train to the end (or the budget), evaluate, write ``results.json``; return its content."""
         cfg = self.cfg.train
         self.log(f"{self.train_ds}\nrun dir: {self.run_dir}  device: {self.device}")
+        if self.epoch == 0 and not self.records:
+            with preserved_rng():
+                self.method.prepare(self.loader)
         while self.epoch < cfg.max_epochs and not self._budget_spent():
             record = self.train_one_epoch()
             if not self.cfg.sched.by_time:  # a time-based schedule sets the rate every iteration

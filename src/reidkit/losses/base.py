@@ -30,6 +30,9 @@ class ReIDLoss(nn.Module):
     """
 
     input: ClassVar[str] = ""
+    required_layout: str | None = None
+    """The batch layout the loss needs (``"pairs"``: Siamese pairs ``(0, 1), (2, 3), ...`` as
+    :class:`reidkit.data.pair_sampler.PairSampler` lays them out); ``None``: any layout."""
 
     def compute(self, inputs: Tensor, labels: Tensor) -> Tensor:  # pragma: no cover - abstract
         """``inputs: (B, K) or (B, D)``, ``labels: (B,)`` integer -> scalar loss."""

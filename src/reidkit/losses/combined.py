@@ -59,6 +59,24 @@ class CombinedLoss(nn.Module):
         self.weights: dict[str, float] = {}
         for name, entry in losses.items():
             self.weights[name], self.losses[name] = _unpack(name, entry)
+        self.active: set[str] = set(self.weights)
+
+    def set_active(self, names) -> None:
+        """Compute only the losses ``names`` from now on (a ``start_epoch`` schedule switches
+        losses on); the others are skipped, not weighted by 0.
+
+        Raises:
+            ValueError: an unknown name, or no name at all.
+        """
+        names = set(names)
+        unknown = sorted(names - set(self.weights))
+        if unknown or not names:
+            raise ValueError(f"set_active needs names among {sorted(self.weights)}, got {sorted(names)}")
+        self.active = names
+
+    def required_layouts(self) -> dict[str, str]:
+        """``loss name -> batch layout`` for the losses that need one (e.g. ``"pairs"``)."""
+        return {n: loss.required_layout for n, loss in self.losses.items() if getattr(loss, "required_layout", None)}
 
     def forward(self, output: Any, labels: Tensor) -> LossResult:
         """Compute every loss and their weighted sum.
@@ -77,6 +95,8 @@ class CombinedLoss(nn.Module):
         """
         total, parts = None, {}
         for name, loss in self.losses.items():
+            if name not in self.active:
+                continue
             value = loss(_route(name, loss, output), labels)
             parts[name] = float(value.detach())
             term = self.weights[name] * value

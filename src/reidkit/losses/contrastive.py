@@ -58,6 +58,7 @@ class ContrastiveLoss(MetricLoss):
         if pairs not in PAIRINGS:
             raise ValueError(f"pairs must be one of {PAIRINGS}, got {pairs!r}")
         self.margin, self.pairs = float(margin), pairs
+        self.required_layout = "pairs" if pairs == "adjacent" else None
         self.distance = resolve_distance(distance)
 
     def compute(self, features: Tensor, labels: Tensor) -> Tensor:

@@ -181,6 +181,7 @@ class NCCLoss(ReIDLoss):
     """
 
     input = "output"
+    required_layout = "pairs"
 
     def __init__(
         self,

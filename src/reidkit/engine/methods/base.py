@@ -1,0 +1,144 @@
+"""The contract every training method follows, and what the trainer hands it."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from ...data import ReIDDataset
+from ...models import ReIDModel, ReIDOutput, create_model
+
+
+class Batch(NamedTuple):
+    """One training batch as the trainer hands it to :meth:`TrainingMethod.training_step`.
+
+    Attributes:
+        images: ``(B, 3, H, W)`` float, normalised.
+        pids: ``(B,)`` int64 training labels in ``[0, num_classes)``; all ``-1`` for a method
+            with ``uses_labels = False`` (the trainer blanks them: labels cannot leak).
+        camids: ``(B,)`` int64 camera ids.
+        indices: ``(B,)`` int64 positions of the images in ``dataset.train``.
+        views: ``(B, 3, H, W)`` augmented copies of ``images`` for a method with
+            ``needs_views = True``, else ``None``.
+    """
+
+    images: Tensor
+    pids: Tensor
+    camids: Tensor
+    indices: Tensor
+    views: Tensor | None = None
+
+
+class MethodContext(NamedTuple):
+    """What a method is built from: the validated config, the device, the training dataset and
+    the number of training identities (the classifier size)."""
+
+    cfg: object
+    device: torch.device
+    train_ds: ReIDDataset
+    num_classes: int
+    log: object = print
+
+
+def build_model(mcfg, num_classes: int, device: torch.device) -> ReIDModel:
+    """A model from a ``ModelConfig``, initialised from ``torch.manual_seed(mcfg.init_seed)``.
+
+    Raises:
+        ConfigError: unknown model name or keyword argument (naming ``model.name`` / ``model.kwargs``).
+    """
+    from ..config import ConfigError
+
+    torch.manual_seed(mcfg.init_seed)
+    try:
+        model = create_model(mcfg.name, num_classes=num_classes, pretrained=mcfg.pretrained, **mcfg.kwargs)
+    except KeyError as err:
+        raise ConfigError(f"model.name: {err.args[0]}") from None
+    except TypeError as err:
+        raise ConfigError(f"model.kwargs of {mcfg.name!r}: {err}") from None
+    return model.to(device)
+
+
+def as_float(output: ReIDOutput) -> ReIDOutput:
+    """Cast an autocast (bfloat16/float16) model output to float32 so losses run in full precision."""
+    return output._replace(
+        embedding=output.embedding.float(),
+        feature=output.feature.float(),
+        logits=None if output.logits is None else output.logits.float(),
+        local_feature=None if output.local_feature is None else output.local_feature.float(),
+    )
+
+
+class TrainingMethod(nn.Module):
+    """One way of training, as an ``nn.Module`` holding its models, losses and state.
+
+    Contract (what the trainer calls):
+
+    * :meth:`training_step` ``(batch) -> (loss, parts)``: forward, losses, a scalar to
+      back-propagate and the parts to log (floats by name);
+    * ``parameters()`` (``nn.Module``): everything the optimiser updates, the models' first (in
+      their order), then the losses' or the method's own (e.g. learnable centres);
+    * :meth:`extra_state_dict` / :meth:`load_extra_state_dict`: state beyond the models'
+      weights (memory banks, centres), saved in every checkpoint so ``--resume`` is exact;
+    * :meth:`on_epoch_start` ``(epoch)``: before each 0-based epoch (loss schedules);
+    * :meth:`prepare` ``(loader)``: once before the first epoch of a new run (not on resume),
+      e.g. to fill a memory bank;
+    * :meth:`after_step`: after every optimiser step;
+    * ``models``: the ``nn.ModuleList`` of models saved (``last.pt`` holds ``models[0]``,
+      ``peer{i}.pt`` each when several) and evaluated.
+
+    Class attributes a method may override: ``uses_labels`` (``False``: the trainer hands
+    ``pids`` of ``-1``), ``needs_views`` (``True``: batches carry an augmented view),
+    ``sampler_layouts`` (the batch layouts it accepts, ``None``: any).
+    """
+
+    uses_labels: bool = True
+    needs_views: bool = False
+    sampler_layouts: tuple[str, ...] | None = None
+
+    def __init__(self, ctx: MethodContext):
+        super().__init__()
+        self.ctx = ctx
+
+    @property
+    def models(self) -> nn.ModuleList:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def training_step(self, batch: Batch) -> tuple[Tensor, dict[str, float]]:  # pragma: no cover
+        raise NotImplementedError
+
+    def on_epoch_start(self, epoch: int) -> None:
+        """Called before each 0-based epoch; nothing by default."""
+
+    def prepare(self, loader) -> None:
+        """Called once before the first epoch of a new run; nothing by default."""
+
+    def after_step(self) -> None:
+        """Called after each optimiser step (e.g. a memory-bank momentum update, which must not
+        change tensors the backward pass still needed); nothing by default."""
+
+    def required_layouts(self) -> dict[str, str]:
+        """``loss name -> batch layout`` the method's losses need (checked against the sampler)."""
+        return {}
+
+    def train_transform(self, base):
+        """The training transform the loader applies; ``base`` is the config's augmentation.
+        A method with ``needs_views`` returns one giving ``(image, view)`` pairs."""
+        return base
+
+    def extra_state_dict(self) -> dict:
+        """The method's state beyond the models' weights (``state_dict()`` minus ``_models.*``)."""
+        return {k: v for k, v in self.state_dict().items() if not k.startswith("_models.")}
+
+    def load_extra_state_dict(self, state: dict) -> None:
+        """Restore :meth:`extra_state_dict` output.
+
+        Raises:
+            ValueError: missing or unexpected entries.
+        """
+        own = self.extra_state_dict()
+        missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+        if missing or unexpected:
+            raise ValueError(f"method state does not fit (missing {missing}, unexpected {unexpected})")
+        self.load_state_dict({**{k: v for k, v in self.state_dict().items() if k.startswith("_models.")}, **state})
