@@ -7,13 +7,13 @@ similarity when vectors are L2-normalised) and carry the index's stable ids (``a
 kind       build parameters                                search parameters (set on open/search)
 =========  ==============================================  =====================================
 flat       none: exact search (``IndexFlatIP``)            none
-ivf        ``nlist`` inverted lists (``None``: chosen on   ``nprobe`` lists visited (default 32;
+ivf        ``nlist`` inverted lists (``None``: chosen on   ``nprobe`` lists visited (default 64;
            training as 4 sqrt(N), at most N / 39)          ``nprobe = nlist`` is exact)
-ivfpq      ``nlist``; ``m`` sub-quantisers (must divide    ``nprobe``; ``refine``: re-score the
-           D; ``None``: D / 8 or the nearest divisor);     ``refine * topk`` best PQ candidates
+ivfpq      ``nlist``; ``m`` sub-quantisers (must divide    ``nprobe`` (64); ``refine`` (8): re-score
+           D; ``None``: D / 8 or the nearest divisor);     the ``refine * topk`` best PQ candidates
            ``nbits`` bits per code (default 8)             exactly from the stored vectors (1: off)
-hnsw       ``M`` graph degree (32), ``ef_construction``    ``ef_search`` candidate-list size (64;
-           (80)                                            raised to ``topk`` when smaller)
+hnsw       ``M`` graph degree (32), ``ef_construction``    ``ef_search`` candidate-list size (128;
+           (40)                                            raised to ``topk`` when smaller)
 =========  ==============================================  =====================================
 
 ``ivf`` and ``ivfpq`` need training (k-means, Jegou et al., TPAMI 2011, "Product quantization for
@@ -22,13 +22,19 @@ nearest neighbor search"): on at least ``nlist`` vectors (``ivfpq``: also ``2 **
 cannot delete from it, so removed entries stay in the graph and are filtered out at search time
 until :meth:`GalleryIndex.rebuild`. GPU faiss is used for searches when installed and a GPU is
 visible (not for ``hnsw``, which faiss has only on CPU).
+
+Recall depends on the data: ``benchmarks/bench_index.py`` prints recall@10 against exact search
+and latency for a sweep of ``nprobe`` / ``refine`` / ``ef_search``; pick the search parameters
+there (they can be changed at every :meth:`GalleryIndex.open` and search, without a rebuild).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -44,32 +50,27 @@ BUILD_PARAMS: dict[str, dict] = {
     "flat": {},
     "ivf": {"nlist": None},
     "ivfpq": {"nlist": None, "m": None, "nbits": 8},
-    "hnsw": {"M": 32, "ef_construction": 80},
+    "hnsw": {"M": 32, "ef_construction": 40},
 }
 SEARCH_PARAMS: dict[str, dict] = {
     "flat": {},
-    "ivf": {"nprobe": 32},
-    "ivfpq": {"nprobe": 32, "refine": 4},
-    "hnsw": {"ef_search": 64},
+    "ivf": {"nprobe": 64},
+    "ivfpq": {"nprobe": 64, "refine": 8},
+    "hnsw": {"ef_search": 128},
 }
 TRAINED_KINDS = ("ivf", "ivfpq")
 _MAX_TRAIN_PER_LIST = 50
-_threads_configured = False
 
 
 def require_faiss() -> None:
-    """Raise ImportError with the install hint when faiss is missing; set its thread count once.
+    """Raise ImportError with the install hint when faiss is missing.
 
-    faiss's OpenMP pool is sized to the CPUs this process may run on (``sched_getaffinity``,
-    which honours taskset and cgroup cpusets) unless ``OMP_NUM_THREADS`` is set.
+    Threads: batched searches, adds and training use faiss's OpenMP default (``OMP_NUM_THREADS``,
+    else the CPUs this process may run on); searches of fewer queries than that use one thread
+    per query (:func:`threads_for`).
     """
-    global _threads_configured
     if faiss is None:
         raise ImportError("the gallery index needs faiss: pip install 'reidkit[index]' (faiss-cpu)")
-    if not _threads_configured:
-        if "OMP_NUM_THREADS" not in os.environ and hasattr(os, "sched_getaffinity"):
-            faiss.omp_set_num_threads(max(1, len(os.sched_getaffinity(0))))
-        _threads_configured = True
 
 
 def resolve_params(kind: str, dim: int, params: dict) -> dict:
@@ -166,6 +167,26 @@ def train_index(kind: str, dim: int, params: dict, vectors: np.ndarray, rows: np
     index.own_fields = True
     quantizer.this.disown()  # the IVF index owns and frees its quantizer
     return index, params
+
+
+@contextlib.contextmanager
+def threads_for(num_queries: int) -> Iterator[None]:
+    """Run faiss with at most ``num_queries`` OpenMP threads inside the block (this thread only).
+
+    faiss splits searches over queries, so threads beyond the number of queries only wait; yet
+    every parallel region waits for all of them to be scheduled, which costs milliseconds per
+    search on a busy machine (measured: a 1-query hnsw search took 6 ms with 2 threads while
+    another process kept one of the 2 cores busy, 0.18 ms with 1 thread).
+    """
+    most = faiss.omp_get_max_threads()
+    if num_queries >= most:
+        yield
+        return
+    faiss.omp_set_num_threads(max(1, num_queries))
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(most)
 
 
 def faiss_ids(index) -> np.ndarray:

@@ -384,12 +384,14 @@ class GalleryIndex:
         sp = fb.search_params(self.kind, params, k, selector)
         index = self._index if selector is not None else self._search_index
         try:
-            scores, ids = index.search(q, k, params=sp)
+            with fb.threads_for(len(q)):
+                scores, ids = index.search(q, k, params=sp)
         except RuntimeError:
             if index is self._index:
                 raise
             self._search_index, self._search_device = self._index, "cpu"  # GPU refused; stay on CPU
-            scores, ids = self._index.search(q, k, params=sp)
+            with fb.threads_for(len(q)):
+                scores, ids = self._index.search(q, k, params=sp)
         if refine > 1:
             scores, ids = refine_exact(q, ids, self._vectors, topk)
         return pad(scores, ids, topk)
