@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from reidkit.models import Backbone, create_model
+from reidkit.models import Backbone, WeightsError, WeightsFile, create_model
 from reidkit.models.msfl import MSFF, MSFLModel
 
 
@@ -118,9 +118,12 @@ def test_osnet_levels_with_shared_stride_and_pretrained_true_raises():
 
 def test_resnet50_msfl_loads_local_backbone_weights(tmp_path):
     weight = torch.full((64, 3, 7, 7), 0.5)
-    torch.save({"conv1.weight": weight}, tmp_path / "partial.pth")
-    with pytest.warns(UserWarning):  # the file provides one tensor of many
-        model = create_model("resnet50_msfl", pretrained=str(tmp_path / "partial.pth"))
+    path = tmp_path / "partial.pth"
+    torch.save({"conv1.weight": weight}, path)
+    with pytest.raises(WeightsError, match="missing"):  # the file provides one tensor of many
+        create_model("resnet50_msfl", pretrained=str(path))
+    with pytest.warns(UserWarning, match="missing"):  # accepted when asked for, with the list
+        model = create_model("resnet50_msfl", pretrained=WeightsFile(path, strict=False))
     assert torch.equal(model.backbone.conv1.weight, weight)
 
 

@@ -95,6 +95,10 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", help="a reidkit checkpoint (last.pt of a run)")
     p.add_argument("--model", help="a registered model (reidkit models) instead of a checkpoint")
     p.add_argument("--pretrained", help="with --model: a local weights file (e.g. a torchreid model-zoo file)")
+    p.add_argument(
+        "--non-strict", action="store_true",
+        help="with --pretrained: load the tensors that fit and warn about the rest (default: every backbone tensor must load)",
+    )
     p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda or cuda:N")
     add_config_overrides(p)
 
@@ -119,7 +123,7 @@ def load_model_and_config(args):
     """
     from ..engine.checkpoint import model_from_checkpoint
     from ..engine.config import ConfigError, apply_overrides, config_from_dict, validate_config
-    from ..models import create_model
+    from ..models import WeightsFile, create_model
 
     if args.checkpoint and args.model:
         raise UsageError("give either --checkpoint (a trained run) or --model (a registered model), not both")
@@ -129,7 +133,10 @@ def load_model_and_config(args):
         model, ckpt = model_from_checkpoint(args.checkpoint)
         cfg_dict, source = dict(ckpt.get("config") or {}), f"checkpoint {args.checkpoint!r}"
     elif args.model:
-        model = create_model(args.model, num_classes=0, pretrained=args.pretrained).eval()
+        weights = args.pretrained
+        if weights and getattr(args, "non_strict", False):
+            weights = WeightsFile(weights, strict=False)
+        model = create_model(args.model, num_classes=0, pretrained=weights).eval()
         cfg_dict, source = {"model": {"name": args.model}}, "--model"
     else:
         raise UsageError("give --checkpoint CKPT, or --model NAME [--pretrained FILE]")

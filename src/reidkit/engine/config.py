@@ -156,6 +156,9 @@ class DataConfig:
 class ModelConfig:
     """Model name (``reidkit models`` lists them), pretrained weights and constructor kwargs.
 
+    ``pretrained`` is a local weights file (a torchvision, torchreid model-zoo or reidkit file;
+    :mod:`reidkit.models.pretrained`); it must fill every backbone tensor unless
+    ``pretrained_strict: false`` (which loads what fits and warns with the lists).
     ``init_seed`` seeds the model's random initialisation (``None``: the run's ``seed``).
     """
 
@@ -163,6 +166,7 @@ class ModelConfig:
     pretrained: str | bool | None = None
     kwargs: dict = field(default_factory=dict)
     init_seed: int | None = None
+    pretrained_strict: bool = True
 
 
 @dataclass

@@ -226,13 +226,13 @@ def mspcnn(
 
 
 def _load_backbone(backbone: MSPBackbone, path: str | Path) -> None:
-    """Load the backbone tensors of a local state dict (strictly, after stripping prefixes).
+    """Load the backbone tensors of a local weights file through reidkit's one safe loader
+    (:func:`reidkit.models.pretrained.load_state_dict_file`: ``weights_only``, prefixes
+    stripped, strict unless ``path`` is a ``WeightsFile(path, strict=False)``).
 
     Raises:
-        RuntimeError: missing or mismatching backbone keys.
+        WeightsError: the file is unreadable, unsafe, or its tensors do not fit the backbone.
     """
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    state = {k.removeprefix("module."): v for k, v in state.items()}
-    if any(k.startswith("backbone.") for k in state):
-        state = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
-    backbone.load_state_dict(state)
+    from .pretrained import load_state_dict_file
+
+    load_state_dict_file(backbone, path)

@@ -50,9 +50,14 @@ def build_model(mcfg, num_classes: int, device: torch.device) -> ReIDModel:
     """
     from ..config import ConfigError
 
+    from ...models import WeightsFile
+
     torch.manual_seed(mcfg.init_seed)
+    pretrained = mcfg.pretrained
+    if isinstance(pretrained, str) and not mcfg.pretrained_strict:
+        pretrained = WeightsFile(pretrained, strict=False)
     try:
-        model = create_model(mcfg.name, num_classes=num_classes, pretrained=mcfg.pretrained, **mcfg.kwargs)
+        model = create_model(mcfg.name, num_classes=num_classes, pretrained=pretrained, **mcfg.kwargs)
     except KeyError as err:
         raise ConfigError(f"model.name: {err.args[0]}") from None
     except TypeError as err:
