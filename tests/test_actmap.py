@@ -84,3 +84,16 @@ def test_cli_writes_png(capsys, tmp_path):
     assert Image.open(out).size == (2 * (W + 4) + 4, 2 * (H + 4) + 4)
     assert main(argv[:-4] + ["--stage", "9", "--output", str(out)] + sizes) == 2
     assert "--stage 9" in capsys.readouterr().err
+
+
+def test_cli_draws_paul_patches(tmp_path, capsys):
+    path = tmp_path / "p.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 32, 3), dtype=np.uint8)).save(path)
+    out = tmp_path / "patches.png"
+    sizes = ["--set", "data.height=64", "--set", "data.width=32", "--device", "cpu"]
+    assert main(["actmap", "--model", "paul_mobilenet_v2", "--images", str(path), "--patches",
+                 "--output", str(out), *sizes]) == 0
+    assert "6 patches" in capsys.readouterr().out and Image.open(out).size[0] > 0
+    assert main(["actmap", "--model", "osnet_x0_25", "--images", str(path), "--patches",
+                 "--output", str(out), *sizes]) == 2
+    assert "PatchNet" in capsys.readouterr().err

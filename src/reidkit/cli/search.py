@@ -106,6 +106,8 @@ def cmd_actmap(args) -> int:
     ensure_writable_file(args.output, "--output")
     model, cfg = load_model_and_config(args)
     run_on = device(args)
+    if args.patches:
+        return _patch_picture(model, cfg, args, run_on)
     if not hasattr(model, "backbone"):
         raise UsageError(f"actmap needs a PyTorch model with a backbone, got {type(model).__name__}")
     pictures = [read_image(p) for p in args.images]
@@ -118,6 +120,25 @@ def cmd_actmap(args) -> int:
     maps = activation_maps(model.to(run_on), batch, stage)  # (B, H, W)
     out = actmap_grid(pictures, maps.cpu(), args.output)
     print(f"wrote {out} (stage {stage})")
+    return 0
+
+
+def _patch_picture(model, cfg, args, run_on) -> int:
+    """PAUL's learned patches outlined on the input images (the paper's Fig. 6)."""
+    from ..data import read_image
+    from ..fileio import save_picture
+    from ..models.paul import PatchNet, draw_patches, patch_corners
+
+    if not isinstance(model, PatchNet):
+        raise UsageError(f"--patches needs a PAUL PatchNet model (paul_*), got {cfg.model.name!r}")
+    pictures = [read_image(p) for p in args.images]
+    transform = transform_for(cfg)
+    batch = torch.stack([transform(img) for img in pictures]).to(run_on)  # (B, 3, H, W)
+    with torch.no_grad():
+        theta = model.to(run_on).eval().patch_thetas(batch)  # (B, M, 2, 3)
+    size = (cfg.data.height, cfg.data.width)
+    out = save_picture(draw_patches(pictures, patch_corners(theta.cpu(), *size), size), args.output)
+    print(f"wrote {out} ({theta.shape[1]} patches per image)")
     return 0
 
 
@@ -139,5 +160,6 @@ def add_parsers(sub) -> None:
     add_model_args(p)
     p.add_argument("--images", required=True, nargs="+", help="image file(s)")
     p.add_argument("--stage", type=positive_int, default=None, help="1-based backbone stage (default: the last)")
+    p.add_argument("--patches", action="store_true", help="draw a PAUL model's learned patches instead (Fig. 6)")
     p.add_argument("--output", default="actmap.png", type=output_file(*PICTURE_EXTS), help="picture to write")
     p.set_defaults(func=cmd_actmap)
