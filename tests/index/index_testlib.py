@@ -111,14 +111,18 @@ def crash_vector_table(plan: list[tuple]) -> np.ndarray:
 CURRENT_OP = -1  # index in the plan of the write being applied (stage-kill patches read it)
 
 
-def apply_crash_plan(folder: str, plan: list[tuple]) -> None:
-    """Run ``plan`` against the index in ``folder`` (what the killed child process does)."""
+def apply_crash_plan(folder: str, plan: list[tuple], pause: float = 0.0) -> None:
+    """Run ``plan`` against the index in ``folder`` (what the killed child process does),
+    sleeping ``pause`` seconds between writes."""
     global CURRENT_OP
+    import time
+
     from reidkit.index import GalleryIndex
 
     index = GalleryIndex.open(folder)
     print("ready", flush=True)
     for CURRENT_OP, op in enumerate(plan):
+        time.sleep(pause)
         if op[0] == "add":
             index.add(crash_vectors(op[1], op[2]), entries_for(op[2], start=op[1]))
         elif op[0] == "remove":

@@ -74,10 +74,10 @@ def _create(folder: Path, kind: str) -> None:
     GalleryIndex.create(folder, CRASH_DIM, MANIFEST, kind=kind, **({"M": 8} if kind == "hnsw" else {})).close()
 
 
-def _start_child(folder: Path, patch: str = "") -> subprocess.Popen:
+def _start_child(folder: Path, patch: str = "", pause: float = 0.0) -> subprocess.Popen:
     code = (f"import sys\nsys.path.insert(0, {LIB!r})\n{patch}\n"
             f"from index_testlib import apply_crash_plan, crash_plan\n"
-            f"apply_crash_plan({str(folder)!r}, crash_plan({len(PLAN)}))\n")
+            f"apply_crash_plan({str(folder)!r}, crash_plan({len(PLAN)}), pause={pause})\n")
     return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -177,7 +177,7 @@ def test_readers_see_whole_generations_while_a_writer_commits(tmp_path):
     folder = tmp_path / "live"
     _create(folder, "hnsw")
     reader = GalleryIndex.open(folder)
-    child = _start_child(folder)
+    child = _start_child(folder, pause=0.05)
     assert child.stdout.readline().strip() == "ready"
     generations = set()
     while child.poll() is None or not generations:

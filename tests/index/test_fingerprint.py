@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 
 import pytest
 import torch
@@ -53,7 +54,11 @@ def test_manifest_for_model_and_validation():
     manifest = IndexManifest.for_model(model, "linear", [64, 32], flip=True)
     assert manifest.input_size == (64, 32) and manifest.flip and manifest.normalized
     assert manifest.describe() == f"linear ({model_fingerprint(model)[:12]})"
+    with_source = IndexManifest.for_model(model, "linear", (64, 32), model_source={"checkpoint": "/runs/a/last.pt"})
+    assert with_source.model_source == {"checkpoint": "/runs/a/last.pt"}
+    with_source.check_compatible(IndexManifest.for_model(model, "linear", (64, 32)), Path("idx"))  # sources may differ
     for kwargs, message in [
+        (dict(model_source={"checkpoint": 3}), "model_source must be a dict of strings"),
         (dict(model_sha256="abc"), "64 lowercase hex"),
         (dict(input_size=(0, 3)), "input_size"),
         (dict(model_name=""), "model_name"),

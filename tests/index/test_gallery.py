@@ -91,6 +91,12 @@ def test_reopen_sees_the_same_index(flat, tmp_path, manifest):
     assert info.as_dict()["manifest"]["model_name"] == "test_model"
 
 
+def test_manifest_round_trips_with_the_model_source(tmp_path):
+    manifest = IndexManifest("osnet_x1_0", "c" * 64, (256, 128), flip=True, model_source={"checkpoint": "/runs/x/last.pt"})
+    GalleryIndex.create(tmp_path / "s", DIM, manifest).close()
+    assert GalleryIndex.open(tmp_path / "s").manifest == manifest
+
+
 def test_metadata_round_trip_with_missing_fields(tmp_path, manifest):
     index = GalleryIndex.create(tmp_path / "m", DIM, manifest)
     given = [EntryMeta(path="a.png"), EntryMeta(path="b.png", pid=3, camid=-1, timestamp=1.5e9, track_id=9, tag="cam-x"),

@@ -7,7 +7,7 @@ Folder layout::
       meta.sqlite          entries (id, path, pid, camid, timestamp, track_id, tag) + generation stamps
       vectors.f32          append-only raw float32 vectors, row i = id i (for re-ranking, refinement,
                            rebuilds; the flat kind's faiss index is rebuilt from it on open)
-      faiss-<gen>.index    the faiss index of generation <gen> (ivf, ivfpq, hnsw), never modified
+      faiss-<gen>.index    the faiss index (ivf, ivfpq, hnsw) as generation <gen> wrote it; never modified
       writer.lock          flock of the one writer
 
 How a write commits (one generation; :meth:`GalleryIndex.batch` groups several writes):
@@ -201,6 +201,7 @@ class GalleryIndex:
         self.close()
 
     def __len__(self) -> int:
+        """Number of live entries."""
         return len(self._ids)
 
     def __repr__(self) -> str:
@@ -234,8 +235,8 @@ class GalleryIndex:
     def info(self) -> IndexInfo:
         """Dimension, kind, parameters, model, counts, sizes on disk and the search device."""
         with self._mutex:
-            sizes = sum(p.stat().st_size for p in self.folder.iterdir() if p.is_file())
-            vec = (self.folder / VECTORS_NAME).stat().st_size
+            sizes = sum(_size(p) for p in self.folder.iterdir())
+            vec = _size(self.folder / VECTORS_NAME)
             ntotal = 0 if self._index is None else int(self._index.ntotal)
             return IndexInfo(self.folder, self._state, sizes, vec, ntotal, self._search_device)
 
@@ -691,6 +692,14 @@ class GalleryIndex:
             self._search_index, self._search_device = None, "cpu"
         else:
             self._search_index, self._search_device = fb.to_device(self._index, self.kind, self._device)
+
+
+def _size(path: Path) -> int:
+    """Size in bytes of a file, 0 if it is gone (a writer may remove old files meanwhile)."""
+    try:
+        return path.stat().st_size if path.is_file() else 0
+    except OSError:
+        return 0
 
 
 def _check_device(device: str) -> None:

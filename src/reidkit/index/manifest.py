@@ -79,6 +79,11 @@ class IndexManifest:
             scores are raw inner products (larger is closer).
         flip: embeddings are the mean of each image's and its mirror image's (flip test-time
             augmentation); queries must be embedded the same way.
+        model_source: where the model can be loaded from again, as string keys and values chosen
+            by the caller (e.g. ``{"checkpoint": "/abs/last.pt"}`` or ``{"model": "osnet_x1_0",
+            "pretrained": "/abs/w.pth"}``), so that adding images or searching needs no model
+            argument; the weights found there should be checked against ``model_sha256``.
+            Not compared by :meth:`check_compatible` (files move).
     """
 
     model_name: str
@@ -86,6 +91,7 @@ class IndexManifest:
     input_size: tuple[int, int]
     normalized: bool = True
     flip: bool = False
+    model_source: dict[str, str] | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.model_name, str) or not self.model_name:
@@ -99,13 +105,27 @@ class IndexManifest:
         for name in ("normalized", "flip"):
             if not isinstance(getattr(self, name), bool):
                 raise GalleryIndexError(f"{name} must be a bool, got {getattr(self, name)!r}")
+        source = self.model_source
+        if source is not None and not (
+            isinstance(source, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in source.items())
+        ):
+            raise GalleryIndexError(f"model_source must be a dict of strings or None, got {source!r}")
+        if source is not None:
+            object.__setattr__(self, "model_source", dict(source))
 
     @classmethod
     def for_model(
-        cls, model: Any, model_name: str, input_size: tuple[int, int], *, normalized: bool = True, flip: bool = False
+        cls,
+        model: Any,
+        model_name: str,
+        input_size: tuple[int, int],
+        *,
+        normalized: bool = True,
+        flip: bool = False,
+        model_source: dict[str, str] | None = None,
     ) -> IndexManifest:
         """The manifest of ``model`` (a module or a weights file), hashing it with :func:`model_fingerprint`."""
-        return cls(model_name, model_fingerprint(model), tuple(input_size), normalized, flip)
+        return cls(model_name, model_fingerprint(model), tuple(input_size), normalized, flip, model_source)
 
     def describe(self) -> str:
         """``"name (first 12 hex of sha256)"``, as error messages show a model."""
