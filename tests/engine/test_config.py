@@ -54,3 +54,13 @@ def test_save_roundtrip(tmp_path):
     cfg = load_config(None, ["optim.lr=0.01", "model.kwargs.last_stride=1"])
     save_config(cfg, tmp_path / "out.yaml")
     assert load_config(tmp_path / "out.yaml") == cfg
+
+
+def test_every_shipped_recipe_validates():
+    """Every YAML under configs/ (and the packaged demo recipe) loads and passes validation."""
+    from pathlib import Path
+
+    recipes = sorted(Path(__file__).parents[2].joinpath("configs").rglob("*.yaml"))
+    assert len(recipes) >= 8
+    for path in recipes:
+        load_config(path)
