@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
