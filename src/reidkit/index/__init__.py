@@ -6,8 +6,9 @@ from reidkit.index import GalleryIndex, IndexManifest, EntryMeta
 manifest = IndexManifest.for_model(model, "osnet_x1_0", input_size=(256, 128))
 index = GalleryIndex.create("gallery.idx", dim=512, manifest=manifest, kind="hnsw")
 ids = index.add(features, [EntryMeta(path=p, camid=c) for p, c in zip(paths, camids)])
-result = index.search(queries, topk=10, query_camids=q_camids)  # cosine, larger is closer
-index = GalleryIndex.open("gallery.idx", expect_model=manifest, nprobe=64)
+result = index.search(queries, topk=100, query_camids=q_camids)  # cosine, larger is closer
+top10 = rerank_result(index, queries, result, topk=10)            # k-reciprocal on the candidates
+index = GalleryIndex.open("gallery.idx", expect_model=manifest, ef_search=256)
 ```
 
 Scores are inner products of L2-normalised embeddings (cosine similarity, larger is closer). The
@@ -20,6 +21,7 @@ from reidkit.index.errors import GalleryIndexError, IndexLockedError, ModelMisma
 from reidkit.index.gallery import GalleryIndex
 from reidkit.index.manifest import KINDS, IndexInfo, IndexManifest, IndexState, model_fingerprint
 from reidkit.index.metadata import Entry, EntryMeta, EntryPage
+from reidkit.index.postprocess import expand_queries, rerank_result
 from reidkit.index.search import SearchResult
 
 __all__ = [
@@ -37,5 +39,7 @@ __all__ = [
     "IndexState",
     "ModelMismatchError",
     "SearchResult",
+    "expand_queries",
     "model_fingerprint",
+    "rerank_result",
 ]
