@@ -56,9 +56,10 @@ IVF_KINDS = ("ivf", "ivfpq")
 def sweeps(kind: str, nlist: int) -> list[dict]:
     """Search settings measured on each built index (the first is the library default)."""
     if kind == "ivf":
-        return [{"nprobe": 64}] + [{"nprobe": max(1, nlist // f)} for f in (32, 16, 8, 4)]
+        return [{"nprobe": 64}] + [{"nprobe": max(1, nlist // f)} for f in (32, 16, 8, 4, 2)]
     if kind == "ivfpq":
-        return [{"nprobe": 64, "refine": 8}] + [{"nprobe": max(1, nlist // f), "refine": r} for f, r in ((32, 8), (16, 8), (16, 16), (8, 16))]
+        settings = ((16, 8), (8, 16), (4, 16), (4, 32), (2, 32))
+        return [{"nprobe": 64, "refine": 8}] + [{"nprobe": max(1, nlist // f), "refine": r} for f, r in settings]
     if kind == "hnsw":
         return [{"ef_search": e} for e in (128, 256, 512)]
     return [{}]
