@@ -147,3 +147,16 @@ def test_penalty_on_msfl_model_reaches_the_stem():
     (stem,) = torch.autograd.grad(penalty, model.backbone.stem[0][0].weight)
     assert torch.isfinite(penalty) and penalty > 0
     assert torch.isfinite(stem).all() and stem.abs().sum() > 0
+
+
+def test_grad_scale_is_undone():
+    """The AMP recipe: the gradient of scale * loss, unscaled, gives the same penalty."""
+    torch.manual_seed(0)
+    x = torch.randn(4, 6, requires_grad=True)
+    w = torch.randn(6, 3, requires_grad=True)
+    loss = (x @ w).tanh().pow(2).mean()
+    plain = msgr_penalty(loss, [x])
+    scaled = msgr_penalty(loss, [x], grad_scale=2.0**16)
+    torch.testing.assert_close(plain, scaled, rtol=1e-5, atol=1e-7)
+    with pytest.raises(ValueError, match="grad_scale"):
+        msgr_penalty(loss, [x], grad_scale=0.0)

@@ -151,3 +151,12 @@ def test_resnet50_msfl_parameter_count():
     assert abs(_count(without_aa) / 27e6 - 1) < 0.05
     baseline = create_model("resnet50", head="bn_fc_relu", last_stride=2)
     assert abs(_count(baseline) - 24.56e6) < 0.01e6  # the paper's baseline, 24.56 M
+
+
+def test_paper_count_preset():
+    """P3-P5 with 3/2/1 blocks and no 3x3 convs: the 27.81 M reading of the paper's 27 M."""
+    model = create_model("resnet50_msfl_p3p5", num_classes=0)
+    assert model.levels == (2, 3, 4) and _count(model) == _count(
+        create_model("resnet50_msfl", num_classes=0, levels=(2, 3, 4), extra_blocks=(3, 2, 1), anti_alias=False)
+    )
+    assert 27.8e6 < _count(model) < 27.9e6

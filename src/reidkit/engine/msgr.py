@@ -23,6 +23,7 @@ Usage in a training step::
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -33,7 +34,11 @@ _NORMS = {"l1": 1.0, "l2": 2.0, "linf": float("inf")}
 
 
 def msgr_penalty(
-    loss: Tensor, inputs: Sequence[Tensor], norm: str = "l2", loss_reduction: str = "mean"
+    loss: Tensor,
+    inputs: Sequence[Tensor],
+    norm: str = "l2",
+    loss_reduction: str = "mean",
+    grad_scale: float = 1.0,
 ) -> Tensor:
     """The MSGR penalty ``sum_h mean_b ||G_b(h)||_q``, differentiable w.r.t. the weights.
 
@@ -62,6 +67,10 @@ def msgr_penalty(
             ``requires_grad`` set, stage outputs), each used in ``loss``'s graph.
         norm: ``"l2"``, ``"l1"`` or ``"linf"`` (see above).
         loss_reduction: how ``loss`` was reduced over the batch, ``"mean"`` or ``"sum"``.
+        grad_scale: mixed precision (CUDA float16 autocast): the grad scaler's current scale.
+            PyTorch's gradient-penalty recipe for AMP is followed: the gradient is taken of
+            ``grad_scale * loss`` (so float16 activations' gradients do not underflow), then
+            unscaled, and the norms are computed in float32. 1 (no scaling) elsewhere.
 
     Returns:
         Scalar, >= 0, with a graph back to the weights (``create_graph=True``).
@@ -71,11 +80,17 @@ def msgr_penalty(
             input that does not require grad or is not part of ``loss``'s graph.
     """
     q = _check_args(loss, inputs, norm, loss_reduction)
-    grads = torch.autograd.grad(loss, list(inputs), create_graph=True, allow_unused=True)
-    total = loss.new_zeros(())
+    if not (grad_scale > 0 and math.isfinite(grad_scale)):
+        raise ValueError(f"grad_scale must be a finite number > 0, got {grad_scale!r}")
+    scaled = loss * grad_scale if grad_scale != 1.0 else loss
+    grads = torch.autograd.grad(scaled, list(inputs), create_graph=True, allow_unused=True)
+    dtype = torch.promote_types(loss.dtype, torch.float32)  # at least float32 (float64 stays)
+    total = loss.new_zeros((), dtype=dtype)
     for i, (h, g) in enumerate(zip(inputs, grads)):
         if g is None:
             raise ValueError(f"inputs[{i}] is not part of the loss's graph (no gradient flows to it)")
+        g = g.to(torch.promote_types(g.dtype, dtype))
+        g = g / grad_scale if grad_scale != 1.0 else g  # unscaled, in float32 or wider
         scale = h.shape[0] if loss_reduction == "mean" else 1
         per_sample = torch.linalg.vector_norm(g.reshape(g.shape[0], -1), ord=q, dim=1)  # (B,)
         total = total + scale * per_sample.mean()

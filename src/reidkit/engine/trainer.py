@@ -283,7 +283,9 @@ class Trainer:
         if num_classes < 2:
             raise ConfigError(f"data: {cfg.data.name}: training needs at least 2 identities, found {num_classes}")
         self.model_cfgs = peer_model_configs(cfg)
-        self.method: TrainingMethod = build_method(MethodContext(cfg, self.device, self.train_ds, num_classes, log))
+        self.scaler = torch.amp.GradScaler("cuda", enabled=cfg.train.amp and self.device.type == "cuda")
+        ctx = MethodContext(cfg, self.device, self.train_ds, num_classes, log, self.scaler)
+        self.method: TrainingMethod = build_method(ctx)
         self.models = self.method.models
         self.model = self.models[0]
         seed_everything(cfg.seed)  # data order and augmentation do not depend on the models built
@@ -291,7 +293,6 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda e: lr_factor(e, cfg.sched, cfg.train.max_epochs)
         )
-        self.scaler = torch.amp.GradScaler("cuda", enabled=cfg.train.amp and self.device.type == "cuda")
         sampler = _checked_sampler(cfg.data, [s.pid for s in self.train_ds.train], cfg.seed)
         check_layouts(self.method, sampler, cfg.data.sampler)
         self.loader = train_loader(

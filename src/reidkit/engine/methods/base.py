@@ -32,14 +32,16 @@ class Batch(NamedTuple):
 
 
 class MethodContext(NamedTuple):
-    """What a method is built from: the validated config, the device, the training dataset and
-    the number of training identities (the classifier size)."""
+    """What a method is built from: the validated config, the device, the training dataset,
+    the number of training identities (the classifier size), a log function and the run's
+    grad scaler."""
 
     cfg: object
     device: torch.device
     train_ds: ReIDDataset
     num_classes: int
     log: object = print
+    scaler: object = None  # the run's torch.amp.GradScaler (float16 on CUDA), for gradient penalties
 
 
 def build_model(mcfg, num_classes: int, device: torch.device) -> ReIDModel:

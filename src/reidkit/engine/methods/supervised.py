@@ -128,7 +128,9 @@ class SupervisedMethod(TrainingMethod):
         for i, out in enumerate(outputs):
             with_input = msgr.include_input and i == 0  # the shared input image counts once
             inputs += select_msgr_inputs(images, out.feature_maps, msgr.stages, with_input)
-        return msgr_penalty(total, inputs, msgr.norm)
+        scaler = self.ctx.scaler
+        scale = scaler.get_scale() if scaler is not None and scaler.is_enabled() else 1.0
+        return msgr_penalty(total, inputs, msgr.norm, grad_scale=scale)
 
 
 @register_method("mutual")
