@@ -77,3 +77,14 @@ def test_bad_inputs_raise(qf, gf, metric, error, message):
 
 def test_metrics_lists_the_valid_names():
     assert METRICS == ("euclidean", "sqeuclidean", "cosine")
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "sqeuclidean", "cosine"])
+def test_prepared_gallery_equals_compute_distance_matrix(metric):
+    from reidkit.evaluation.distance import gallery_distances
+
+    torch.manual_seed(0)
+    q, g = torch.randn(7, 16, dtype=torch.float64), torch.randn(50, 16)
+    assert torch.equal(gallery_distances(g, metric)(q), compute_distance_matrix(q, g, metric))
+    with pytest.raises(ValueError, match="same embedding size"):
+        gallery_distances(g, metric)(torch.randn(2, 5))

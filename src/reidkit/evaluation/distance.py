@@ -13,18 +13,20 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
-def _squared_euclidean(qf: Tensor, gf: Tensor) -> Tensor:
+def _squared_euclidean(qf: Tensor, gf: Tensor, g_sqnorm: Tensor | None = None) -> Tensor:
     """``||q||^2 + ||g||^2 - 2 q.g``, clamped at 0 against rounding; ``(M, N)``."""
-    dist = qf.pow(2).sum(dim=1, keepdim=True) + gf.pow(2).sum(dim=1)  # (M, N)
+    g_sqnorm = gf.pow(2).sum(dim=1) if g_sqnorm is None else g_sqnorm  # (N,)
+    dist = qf.pow(2).sum(dim=1, keepdim=True) + g_sqnorm  # (M, N)
     return dist.addmm_(qf, gf.T, alpha=-2).clamp_(min=0)
 
 
-def _euclidean(qf: Tensor, gf: Tensor) -> Tensor:
-    return _squared_euclidean(qf, gf).sqrt_()
+def _euclidean(qf: Tensor, gf: Tensor, g_sqnorm: Tensor | None = None) -> Tensor:
+    return _squared_euclidean(qf, gf, g_sqnorm).sqrt_()
 
 
-def _cosine(qf: Tensor, gf: Tensor) -> Tensor:
-    similarity = F.normalize(qf, dim=1) @ F.normalize(gf, dim=1).T  # (M, N), larger is closer
+def _cosine(qf: Tensor, gf: Tensor, g_normalized: bool = False) -> Tensor:
+    gn = gf if g_normalized else F.normalize(gf, dim=1)
+    similarity = F.normalize(qf, dim=1) @ gn.T  # (M, N), larger is closer
     return similarity.neg_().add_(1)
 
 
@@ -92,3 +94,38 @@ def compute_distance_matrix(qf: Tensor, gf: Tensor, metric: str = "euclidean") -
     """
     check_features(qf, gf, metric)
     return _METRICS[metric](qf.float(), gf.float())
+
+
+def gallery_distances(gf: Tensor, metric: str = "euclidean") -> Callable[[Tensor], Tensor]:
+    """Prepare a gallery once for many query blocks: ``f(qf_block)`` equals
+    ``compute_distance_matrix(qf_block, gf, metric)`` exactly, but the gallery's float32 copy,
+    squared norms (Euclidean) or normalised rows (cosine) are computed once, not per block.
+
+    Args:
+        gf: ``(N, D)`` gallery embeddings.
+        metric: as :func:`compute_distance_matrix`.
+
+    Returns:
+        A function ``(M, D) -> (M, N)`` float32 distances, smaller is closer.
+
+    Raises:
+        TypeError, ValueError: as :func:`compute_distance_matrix` (checked per block for the query).
+    """
+    check_features(gf, gf, metric)
+    g = gf.float()
+    if metric == "cosine":
+        gn = F.normalize(g, dim=1)
+
+        def cosine_to_gallery(qf: Tensor) -> Tensor:
+            check_features(qf, g, metric)
+            return _cosine(qf.float(), gn, g_normalized=True)
+
+        return cosine_to_gallery
+    sq = g.pow(2).sum(dim=1)  # (N,)
+    euclid = _euclidean if metric == "euclidean" else _squared_euclidean
+
+    def euclidean_to_gallery(qf: Tensor) -> Tensor:
+        check_features(qf, g, metric)
+        return euclid(qf.float(), g, sq)
+
+    return euclidean_to_gallery

@@ -41,7 +41,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from reidkit.evaluation.distance import check_features, compute_distance_matrix
+from reidkit.evaluation.distance import check_features, gallery_distances
 
 ArrayLike = Union[np.ndarray, Tensor]
 _Item = TypeVar("_Item")
@@ -230,8 +230,9 @@ def evaluate_rank_from_features(
     block_size = _resolve_block_size(block_size, num_gallery, workers)
     _check_max_rank(max_rank, num_gallery)
     with torch.no_grad():
+        distances = gallery_distances(gf, metric)  # gallery norms once, not per block
         blocks = (
-            (rows, _cpu_block(compute_distance_matrix(qf[rows], gf, metric)))
+            (rows, _cpu_block(distances(qf[rows])))
             for rows in _row_blocks(num_query, block_size)
         )
         return _evaluate_blocks(blocks, labels, max_rank, workers)
