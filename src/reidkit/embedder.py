@@ -152,7 +152,9 @@ class Embedder:
             return self.transform(crop if crop.mode == "RGB" else crop.convert("RGB"))
         _check_frame(crop, f"crop {index}")
         pixels = crop[..., ::-1] if color == "bgr" else crop
-        return self.transform(torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1))  # (3, h, w) uint8
+        if not (pixels.flags.c_contiguous and pixels.flags.writeable):
+            pixels = np.array(pixels)  # torch wants a writable, contiguous buffer (views of frames are not)
+        return self.transform(torch.from_numpy(pixels).permute(2, 0, 1))  # (3, h, w) uint8
 
     def _run(self, batch: Tensor) -> Tensor:
         with self._lock:

@@ -229,7 +229,10 @@ class OnnxRuntimeBackend:
         return torch.from_numpy(np.concatenate(chunks))
 
     def _run(self, x: np.ndarray) -> np.ndarray:
-        out = self.session.run([self.output_name], {self.input_name: x})[0]
+        try:
+            out = self.session.run([self.output_name], {self.input_name: x})[0]
+        except Exception as err:  # onnxruntime's Fail/InvalidArgument/... derive from Exception only
+            raise InferenceError(f"onnxruntime failed on a batch of shape {x.shape}: {' '.join(str(err).split())[:400]}") from None
         return np.asarray(out, dtype=np.float32).reshape(len(x), -1)  # (B, D)
 
     def describe(self) -> str:
