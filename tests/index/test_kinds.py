@@ -76,6 +76,7 @@ def test_auto_nlist_and_explicit_train(tmp_path, manifest):
     index = GalleryIndex.create(tmp_path / "ivf", DIM, manifest, kind="ivf")
     index.train(clustered_features(4000, DIM, seed=3))
     assert index.info().state.params["nlist"] == min(round(4 * 4000**0.5), 4000 // 39)
+    assert index.info().state.params["nprobe"] == index.info().state.params["nlist"] // 4
     assert index.info().state.trained and len(index) == 0
     with pytest.raises(GalleryIndexError, match="already trained"):
         index.train(clustered_features(4000, DIM))
@@ -128,6 +129,8 @@ def test_rebuild_changes_the_kind_and_keeps_ids(tmp_path, manifest, data):
     keep = np.setdiff1d(np.arange(N), [1, 2, 3])
     ref, _ = brute_force_topk(queries, x[keep], keep, 10)
     np.testing.assert_array_equal(reopened.search(queries, topk=10).ids, ref)
+    reopened.rebuild(nlist=16)  # same kind, new nlist: nprobe is derived from it again
+    assert reopened.info().state.params["nlist"] == 16 and reopened.info().state.params["nprobe"] == 4
     reopened.rebuild("flat")
     assert sorted(p.name for p in (tmp_path / "f").glob("faiss-*")) == []
     np.testing.assert_array_equal(GalleryIndex.open(tmp_path / "f").search(queries, topk=10).ids, ref)

@@ -7,9 +7,9 @@ similarity when vectors are L2-normalised) and carry the index's stable ids (``a
 kind       build parameters                                search parameters (set on open/search)
 =========  ==============================================  =====================================
 flat       none: exact search (``IndexFlatIP``)            none
-ivf        ``nlist`` inverted lists (``None``: chosen on   ``nprobe`` lists visited (default 64;
-           training as 4 sqrt(N), at most N / 39)          ``nprobe = nlist`` is exact)
-ivfpq      ``nlist``; ``m`` sub-quantisers (must divide    ``nprobe`` (64); ``refine`` (8): re-score
+ivf        ``nlist`` inverted lists (``None``: chosen on   ``nprobe`` lists visited (default
+           training as 4 sqrt(N), at most N / 39)          ``nlist / 4``; ``nprobe = nlist`` is exact)
+ivfpq      ``nlist``; ``m`` sub-quantisers (must divide    ``nprobe`` (nlist / 4); ``refine`` (8): re-score
            D; ``None``: D / 8 or the nearest divisor);     the ``refine * topk`` best PQ candidates
            ``nbits`` bits per code (default 8)             exactly from the stored vectors (1: off)
 hnsw       ``M`` graph degree (32), ``ef_construction``    ``ef_search`` candidate-list size (128;
@@ -53,8 +53,8 @@ BUILD_PARAMS: dict[str, dict] = {
 }
 SEARCH_PARAMS: dict[str, dict] = {
     "flat": {},
-    "ivf": {"nprobe": 64},
-    "ivfpq": {"nprobe": 64, "refine": 8},
+    "ivf": {"nprobe": None},  # None: nlist // 4, fixed when the index is trained
+    "ivfpq": {"nprobe": None, "refine": 8},
     "hnsw": {"ef_search": 128},
 }
 TRAINED_KINDS = ("ivf", "ivfpq")
@@ -137,7 +137,8 @@ def train_index(kind: str, dim: int, params: dict, vectors: np.ndarray, rows: np
     """Train an ``ivf`` / ``ivfpq`` index on ``vectors (N, D) float32`` (or on ``vectors[rows]``).
 
     Returns:
-        ``(index, params)``: the trained, empty index and the parameters with ``nlist`` resolved.
+        ``(index, params)``: the trained, empty index and the parameters with ``nlist`` and
+        ``nprobe`` resolved.
 
     Raises:
         GalleryIndexError: fewer than :func:`min_train_size` vectors.
@@ -147,6 +148,8 @@ def train_index(kind: str, dim: int, params: dict, vectors: np.ndarray, rows: np
     params = dict(params)
     if params["nlist"] is None:
         params["nlist"] = int(min(max(1, round(4 * math.sqrt(n))), max(1, n // 39)))
+    if params["nprobe"] is None:
+        params["nprobe"] = max(1, params["nlist"] // 4)
     need = min_train_size(kind, params)
     if n < need:
         raise GalleryIndexError(

@@ -216,7 +216,7 @@ class GalleryIndex:
 
     @property
     def kind(self) -> str:
-        return self._state.kind
+        return self._view_state.kind
 
     @property
     def manifest(self) -> IndexManifest:
@@ -226,6 +226,11 @@ class GalleryIndex:
     def _view_gen(self) -> int:
         """Generation whose SQLite rows this object sees: the one being written inside a batch."""
         return self._txn.gen if self._txn is not None else self._state.generation
+
+    @property
+    def _view_state(self) -> IndexState:
+        """The state this object's searches use: the one being built inside a batch."""
+        return self._txn.state if self._txn is not None else self._state
 
     @property
     def generation(self) -> int:
@@ -344,7 +349,7 @@ class GalleryIndex:
             if len(query_camids) != len(q):
                 raise GalleryIndexError(f"query_camids has {len(query_camids)} values for {len(q)} queries")
         with self._mutex:
-            params = {**self._state.params, **self._search_overrides, **fb.check_search_params(self.kind, search_params)}
+            params = {**self._view_state.params, **self._search_overrides, **fb.check_search_params(self.kind, search_params)}
             for _ in range(2):
                 scores, ids = self._search_groups(q, topk, params, camids, exclude_camids, query_camids)
                 metadata = self._metadata_of(ids)
@@ -375,7 +380,7 @@ class GalleryIndex:
             return None
         if key not in self._selectors:
             allowed = self._ids if mask is None else self._ids[mask]
-            id_space = (self._txn.state if self._txn is not None else self._state).next_id
+            id_space = self._view_state.next_id
             self._selectors[key] = fb.bitmap_selector(allowed, id_space) if len(allowed) else (False, None)
         return self._selectors[key][0]
 
@@ -529,7 +534,10 @@ class GalleryIndex:
             GalleryIndexError: a bad kind or parameter; too few entries to train.
         """
         kind = kind or self.kind
-        params = fb.resolve_params(kind, self.dim, {**self._state.params, **params} if kind == self.kind else params)
+        if kind == self.kind:  # keep the current parameters, except an nprobe derived from a changed nlist
+            auto = {"nprobe": None} if "nlist" in params and "nprobe" in self._state.params else {}
+            params = {**self._state.params, **auto, **params}
+        params = fb.resolve_params(kind, self.dim, params)
         with self.batch():
             txn = self._txn
             txn.writes += 1
