@@ -46,7 +46,7 @@ from pathlib import Path
 
 import numpy as np
 
-from reidkit.index import BUILD_PARAMS, EntryMeta, GalleryIndex, IndexManifest
+from reidkit.index import BUILD_PARAMS, SEARCH_PARAMS, EntryMeta, GalleryIndex, IndexManifest
 
 GIB = 2**30
 PER_ID, IDS_PER_GROUP = 4, 25
@@ -54,12 +54,12 @@ IVF_KINDS = ("ivf", "ivfpq")
 
 
 def sweeps(kind: str, nlist: int) -> list[dict]:
-    """Search settings measured on each built index (the first is the library default)."""
+    """Search settings measured on each built index (the library defaults among them)."""
     if kind == "ivf":
-        return [{"nprobe": 64}] + [{"nprobe": max(1, nlist // f)} for f in (32, 16, 8, 4, 2)]
+        return [{"nprobe": max(1, nlist // f)} for f in (32, 16, 8, 4, 2)]
     if kind == "ivfpq":
-        settings = ((16, 8), (8, 16), (4, 16), (4, 32), (2, 32))
-        return [{"nprobe": 64, "refine": 8}] + [{"nprobe": max(1, nlist // f), "refine": r} for f, r in settings]
+        settings = ((16, 8), (8, 8), (4, 8), (4, 16), (4, 32), (2, 32))
+        return [{"nprobe": max(1, nlist // f), "refine": r} for f, r in settings]
     if kind == "hnsw":
         return [{"ef_search": e} for e in (128, 256, 512)]
     return [{}]
@@ -176,7 +176,7 @@ def folder_gib(folder: Path) -> float:
 def run_synthetic_kind(args, kind: str, params: dict) -> dict:
     folder = Path(args.workdir) / f"index-{kind}"
     shutil.rmtree(folder, ignore_errors=True)
-    gallery = SyntheticGallery(args.n, args.dim, args.latent_dim or args.dim)
+    gallery = SyntheticGallery(args.n, args.dim, min(args.latent_dim or args.dim, args.dim))
     start = time.perf_counter()
     index = GalleryIndex.create(folder, args.dim, SYNTHETIC_MANIFEST, kind=kind, **params)
     if kind in IVF_KINDS:  # train on a sample of 50 vectors per list, as faiss recommends >= 39
@@ -197,7 +197,8 @@ def run_synthetic_kind(args, kind: str, params: dict) -> dict:
     out["disk_gib"] = folder_gib(folder)
     queries = gallery.new_views(np.random.default_rng(1).choice(args.n, args.queries, replace=False))
     settings = sweeps(kind, params.get("nlist", 0))
-    sweep = [measure_search(index, queries, args.topk, sp) for sp in (settings if args.sweep else settings[:1])]
+    defaults = {k: v for k, v in out["params"].items() if k in SEARCH_PARAMS[kind]}
+    sweep = [measure_search(index, queries, args.topk, sp) for sp in (settings if args.sweep else [defaults])]
     out["serve_rss_gib"] = peak_rss_gib()
     vectors = np.memmap(folder / "vectors.f32", np.float32, "r").reshape(-1, args.dim)
     exact = exact_topk(queries, vectors, args.topk)
@@ -356,7 +357,7 @@ def main(argv=None) -> None:
     print(describe_machine())
     if args.cuhk01:
         return run_cuhk01(args, args.kinds, params)
-    print(f"synthetic: n={args.n:,} dim={args.dim} latent dim={args.latent_dim or args.dim} "
+    print(f"synthetic: n={args.n:,} dim={args.dim} latent dim={min(args.latent_dim or args.dim, args.dim)} "
           f"queries={args.queries} topk={args.topk}")
     print(f"{'kind':6} {'build s':>8} {'build RSS':>9} {'disk':>6} {'open s':>7} {'serve RSS':>9}  "
           f"{'search':22} {'single ms':>9} {'p95 ms':>7} {'batch ms/q':>10} {'recall@10':>9}")

@@ -12,7 +12,7 @@ ivf        ``nlist`` inverted lists (``None``: chosen on   ``nprobe`` lists visi
 ivfpq      ``nlist``; ``m`` sub-quantisers (must divide    ``nprobe`` (nlist / 4); ``refine`` (8): re-score
            D; ``None``: D / 8 or the nearest divisor);     the ``refine * topk`` best PQ candidates
            ``nbits`` bits per code (default 8)             exactly from the stored vectors (1: off)
-hnsw       ``M`` graph degree (32), ``ef_construction``    ``ef_search`` candidate-list size (128;
+hnsw       ``M`` graph degree (32), ``ef_construction``    ``ef_search`` candidate-list size (256;
            (40)                                            raised to ``topk`` when smaller)
 =========  ==============================================  =====================================
 
@@ -55,7 +55,7 @@ SEARCH_PARAMS: dict[str, dict] = {
     "flat": {},
     "ivf": {"nprobe": None},  # None: nlist // 4, fixed when the index is trained
     "ivfpq": {"nprobe": None, "refine": 8},
-    "hnsw": {"ef_search": 128},
+    "hnsw": {"ef_search": 256},
 }
 TRAINED_KINDS = ("ivf", "ivfpq")
 _MAX_TRAIN_PER_LIST = 50
