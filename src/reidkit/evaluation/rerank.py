@@ -45,7 +45,7 @@ _CUDA_BLOCK = 8192
 _RUN = 32  # columns whose minimum is tested at once when looking for near entries
 _SET_ROWS = 1024  # rows per chunk when building expansion sets
 _MAX_CONTRIBUTIONS = 1 << 22  # shared non-zeros summed per Jaccard chunk (bounds its temporaries)
-_MAX_DENSE = 1 << 24  # entries of a dense (rows, G) Jaccard accumulator
+_MAX_DENSE = 1 << 22  # entries of a dense (rows, G) Jaccard accumulator
 
 
 class _Csr(NamedTuple):
@@ -89,7 +89,8 @@ def re_ranking(
     stable either); with distinct distances the neighbour sets, and so the result, are the same.
 
     Memory and time: no ``(N, N)`` matrix (``N = Q + G``); see the module docstring. Measured by
-    ``benchmarks/bench_rerank.py``.
+    ``benchmarks/bench_rerank.py``. On CUDA the matrix products follow torch's float32 matmul
+    precision: keep the default ``"highest"`` (no TF32) for results equal to the reference.
 
     Args:
         query_features: ``(Q, D)`` query embeddings (torch tensor or numpy array, float).
@@ -136,16 +137,22 @@ def re_ranking_candidates(
 
     The result is ``re_ranking(query_features, candidate_features, ...)`` at the listed pairs,
     ``out[q, m] = re_ranking(...)[q, candidate_index[q, m]]``, without the ``(Q, C)`` matrix.
-    Pass the union of the queries' candidates as ``candidate_features`` (each row once).
+    Pass the union of the queries' candidates as ``candidate_features`` (each row once)::
 
-    As an approximation of :func:`re_ranking` over the whole gallery: every neighbourhood (the
-    k-reciprocal sets, their expansion, the ``k2`` local expansion) and every row maximum of the
-    original distance is taken within the queries and the candidate pool instead of the whole
-    gallery. When the pool holds each query's top-n with ``n`` well above ``k1`` (say 100 to
-    200 for ``k1 = 20``), the queries' own neighbourhoods are unchanged and the candidates'
-    neighbourhoods lose only the gallery items outside the pool; the original-distance term is
-    divided by the largest distance within the pool instead of the gallery's (a constant per
-    query, so the order it gives is unchanged but its weight against the Jaccard term grows).
+        ids = index.search(queries, topk=100).ids                    # (Q, 100) gallery ids
+        pool, inverse = torch.unique(ids, return_inverse=True)      # (C,), (Q, 100)
+        dist = re_ranking_candidates(queries, index.features(pool), inverse)
+        reranked_ids = ids.gather(1, dist.argsort(1))               # smaller distance first
+
+    How it approximates :func:`re_ranking` over the whole gallery: all neighbourhoods and row
+    maxima are taken within the queries and the pool instead of the whole gallery. A query's
+    ``k1 + 1`` nearest are unchanged when the pool holds its top-n with ``n > k1``; a candidate's
+    nearest are searched within the pool only, so its reciprocity test is against a smaller set
+    (it can only become easier), and the expansion and the ``k2`` local expansion only see pool
+    members. The original-distance term is divided by the largest distance within the pool
+    instead of the whole set (a constant per query: the order it gives is unchanged, its weight
+    against the Jaccard term grows). The larger ``n`` (100 to 200 for ``k1 = 20`` is usual), the
+    closer to the full result; with the whole gallery as the pool it is the full result.
 
     Args:
         query_features: ``(Q, D)`` query embeddings.
@@ -234,9 +241,7 @@ def _nearest(x: Tensor, k: int, block: int, num_query: int, sink: Tensor | None)
     for i, (a, b) in enumerate(bounds):
         for c, d in bounds[i + 1 :]:
             s = torch.mm(left[a:b], right[c:d].T, out=buf[: (b - a) * (d - c)].view(b - a, d - c))
-            torch.maximum(row_max[a:b], s.amax(1), out=row_max[a:b])
-            torch.maximum(row_max[c:d], s.amax(0), out=row_max[c:d])
-            _offer(best, s, a, c)
+            _offer(best, row_max, s, a, c)
             _sink(sink, s, a, b, c, d, num_query)
     return _Neighbours(best[1], best[0], row_max)
 
@@ -249,32 +254,36 @@ def _sink(sink: Tensor | None, s: Tensor, a: int, b: int, c: int, d: int, num_qu
     sink[a : a + rows.stop, cols.start + c - num_query : d - num_query] = s[rows, cols]
 
 
-def _offer(best: tuple[Tensor, Tensor], s: Tensor, row0: int, col0: int) -> None:
-    """Merge block ``s = D[row0:, col0:]`` into ``best``: its rows to rows ``row0 + r``, its
-    columns to rows ``col0 + c``.
+def _offer(best: tuple[Tensor, Tensor], row_max: Tensor, s: Tensor, row0: int, col0: int) -> None:
+    """Merge block ``s = D[row0:, col0:]`` into ``best`` and ``row_max``: its rows into items
+    ``row0 + r``, its columns into items ``col0 + c``.
 
-    Only entries below their item's current ``k``-th smallest distance can enter.
+    Only entries below their item's current ``k``-th smallest distance can enter ``best``.
     """
     values, index = best
     for dim, first, other in ((1, row0, col0), (0, col0, row0)):
-        items, others, offered = _below(s, values[first : first + s.shape[1 - dim], -1], dim)
+        end = first + s.shape[1 - dim]
+        items, others, offered, peak = _below(s, values[first:end, -1], dim)
+        torch.maximum(row_max[first:end], peak, out=row_max[first:end])
         if len(items):
             _merge(values, index, items + first, others + other, offered)
 
 
-def _below(s: Tensor, tau: Tensor, dim: int) -> tuple[Tensor, Tensor, Tensor]:
-    """Entries of ``s (b, c)`` below their item's threshold ``tau``.
+def _below(s: Tensor, tau: Tensor, dim: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Entries of ``s (b, c)`` below their item's threshold ``tau``, and each item's maximum.
 
     Items are the rows (``dim=1``: ``s[r, c] < tau[r]``) or the columns (``dim=0``:
-    ``s[r, c] < tau[c]``). Returns ``(items ascending, other index, values)``.
+    ``s[r, c] < tau[c]``). Returns ``(items ascending, other index, values, maxima)``.
 
-    Hand-written two-level search instead of ``(s < tau).nonzero()``, which costs several times
-    a reduction on the CPU: the minimum of every run of ``_RUN`` entries along ``dim`` is
-    compared first, and only the runs that hold an entry below ``tau`` are looked into.
+    Hand-written two-level search instead of ``(s < tau).nonzero()`` and ``s.amax(dim)``, which
+    cost several times more on the CPU: the minimum and maximum of every run of ``_RUN`` entries
+    along ``dim`` are taken (one cache-friendly reduction each), and only the runs whose minimum
+    is below ``tau`` are looked into.
     """
     length = s.shape[dim] - s.shape[dim] % _RUN
     runs = s.narrow(dim, 0, length).unflatten(dim, (length // _RUN, _RUN))  # run axis: dim + 1
     mins = runs.amin(dim + 1)  # (b, m) or (m, c)
+    peak = runs.amax(dim + 1).amax(dim) if length else tau.new_full(tau.shape, -math.inf)
     tau_b = tau[:, None] if dim == 1 else tau[None, :]
     hit = (mins < tau_b).nonzero(as_tuple=True)
     item, run = hit if dim == 1 else hit[::-1]
@@ -283,6 +292,7 @@ def _below(s: Tensor, tau: Tensor, dim: int) -> tuple[Tensor, Tensor, Tensor]:
     item, other, vals = item[sel], run[sel] * _RUN + offset, found[sel, offset]
     if length < s.shape[dim]:  # the last entries, fewer than a run
         tail = s.narrow(dim, length, s.shape[dim] - length)
+        peak = torch.maximum(peak, tail.amax(dim))
         t_first, t_second = (tail < tau_b).nonzero(as_tuple=True)
         t_item, t_other = (t_first, t_second + length) if dim == 1 else (t_second, t_first + length)
         item, other = torch.cat([item, t_item]), torch.cat([other, t_other])
@@ -290,7 +300,7 @@ def _below(s: Tensor, tau: Tensor, dim: int) -> tuple[Tensor, Tensor, Tensor]:
     if dim == 0 or length < s.shape[dim]:
         order = torch.argsort(item, stable=True)
         item, other, vals = item[order], other[order], vals[order]
-    return item, other, vals
+    return item, other, vals, peak
 
 
 def _merge(values: Tensor, index: Tensor, rows: Tensor, cols: Tensor, offered: Tensor) -> None:
@@ -378,10 +388,14 @@ def _weights(x: Tensor, sets: _Csr, nb: _Neighbours) -> _Csr:
 
 
 def _pair_distances(x: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
-    """``(R, m)`` squared distances between ``x[rows[r]]`` and ``x[cols[r, m]]``."""
-    sq = x.pow(2).sum(1)
-    dot = torch.bmm(x[cols], x[rows][:, :, None])[..., 0]  # (R, m)
-    return sq[rows][:, None] + sq[cols] - 2 * dot
+    """``(R, m)`` squared distances between ``x[rows[r]]`` and ``x[cols[r, m]]``, in row chunks."""
+    out = x.new_empty(cols.shape)
+    step = max(1, _MAX_CONTRIBUTIONS // max(1, cols.shape[1] * x.shape[1]))
+    for lo in range(0, len(rows), step):
+        xr, xc = x[rows[lo : lo + step]], x[cols[lo : lo + step]]  # (r, D), (r, m, D)
+        dot = torch.bmm(xc, xr[:, :, None])[..., 0]  # (r, m)
+        out[lo : lo + step] = xr.pow(2).sum(1)[:, None] + xc.pow(2).sum(2) - 2 * dot
+    return out
 
 
 # --- step 5: local query expansion ----------------------------------------------------------
@@ -421,17 +435,20 @@ def _combine(
 ) -> None:
     """Overwrite ``out`` (raw squared distances) with ``(1 - lam) * jaccard + lam * d``, in place.
 
-    ``out`` is ``(Q, G)``, or ``(Q, n)`` for the gallery items ``columns (Q, n)``.
+    ``out`` is ``(Q, G)``, or ``(Q, n)`` for the gallery items ``columns (Q, n)``. With the
+    shared mass ``s``, ``jaccard = 1 - s / (2 - s) = 2 + 2 / (s - 2)``, so the result is
+    ``lam * d + 2 (1 - lam) + 2 (1 - lam) / (s - 2)``: four passes over each block.
     """
     num_gallery = len(v.crow) - 1 - num_query
     inverted = _inverted_index(v, num_query)
+    constant, one = out.new_full((1, 1), 2 * (1 - lam)), out.new_ones((1, 1))
     for lo, hi in _query_chunks(v, inverted, num_query, num_gallery):
         shared = _shared_mass(v, inverted, lo, hi, num_gallery)  # (b, G)
         if columns is not None:
             shared = shared.gather(1, columns[lo:hi])
-        jaccard = shared.neg_().add_(2).reciprocal_().mul_(-2).add_(2)  # 2 - 2 / (2 - s) = 1 - s / (2 - s)
-        block = out[lo:hi].clamp_(min=0).mul_(lam / query_max[lo:hi, None])
-        block.add_(jaccard, alpha=1 - lam)
+        block = out[lo:hi].clamp_(min=0)
+        torch.addcmul(constant, block, lam / query_max[lo:hi, None], out=block)
+        block.addcdiv_(one, shared.sub_(2), value=2 * (1 - lam))
 
 
 def _inverted_index(v: _Csr, num_query: int) -> _Csr:
