@@ -171,3 +171,28 @@ def test_bad_candidate_index():
         re_ranking_candidates(qf, cf, torch.zeros(3, 3, dtype=torch.long))
     with pytest.raises(TypeError, match="integer"):
         re_ranking_candidates(qf, cf, torch.zeros(4, 3))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_matches_cpu():
+    qf, gf = clustered(100, 400, seed=13, dtype=torch.float32)
+    cpu = re_ranking(qf, gf, device="cpu", block_size=128)
+    cuda = re_ranking(qf.cuda(), gf.cuda(), block_size=128)
+    assert cuda.is_cuda
+    torch.testing.assert_close(cuda.cpu(), cpu, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("n,block", [(700, 96), (333, 40), (90, 200)])
+def test_blocked_neighbours_match_brute_force(n, block):
+    """The blocked, thresholded k-NN pass against a full distance matrix and topk."""
+    from reidkit.evaluation.rerank import _nearest
+
+    x = torch.randn(n, 24, generator=torch.Generator().manual_seed(n), dtype=torch.float64)
+    sink = torch.empty(30, n - 30, dtype=torch.float64)
+    nb = _nearest(x, 21, block, num_query=30, sink=sink)
+    full = torch.cdist(x, x).pow(2)
+    expected = full.topk(21, dim=1, largest=False)
+    torch.testing.assert_close(nb.index, expected.indices, rtol=0, atol=0)
+    torch.testing.assert_close(nb.dist, expected.values, rtol=0, atol=1e-10)
+    torch.testing.assert_close(nb.row_max, full.amax(1), rtol=0, atol=1e-10)
+    torch.testing.assert_close(sink, full[:30, 30:], rtol=0, atol=1e-10)
