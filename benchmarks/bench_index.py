@@ -196,7 +196,7 @@ def run_synthetic_kind(args, kind: str, params: dict) -> dict:
     out["open_s"] = time.perf_counter() - start
     out["disk_gib"] = folder_gib(folder)
     queries = gallery.new_views(np.random.default_rng(1).choice(args.n, args.queries, replace=False))
-    settings = sweeps(kind, params.get("nlist", 0))
+    settings = args.searches.get(kind) or sweeps(kind, params.get("nlist", 0))
     defaults = {k: v for k, v in out["params"].items() if k in SEARCH_PARAMS[kind]}
     sweep = [measure_search(index, queries, args.topk, sp) for sp in (settings if args.sweep else [defaults])]
     out["serve_rss_gib"] = peak_rss_gib()
@@ -310,6 +310,19 @@ def parse_params(values: list[str], kinds: list[str], nlist: int) -> dict:
     return params
 
 
+def parse_searches(values: list[str]) -> dict[str, list[dict]]:
+    """``--search KIND:NAME=V,NAME=V`` values by kind."""
+    out: dict[str, list[dict]] = {}
+    for item in values:
+        kind, _, body = item.partition(":")
+        try:
+            setting = {k: int(v) for k, v in (pair.split("=") for pair in body.split(",") if pair)}
+        except ValueError:
+            raise SystemExit(f"--search {item!r}: expected KIND:NAME=INT[,NAME=INT]") from None
+        out.setdefault(kind, []).append(setting)
+    return out
+
+
 def describe_machine() -> str:
     cpu = platform.processor() or "cpu"
     try:
@@ -333,6 +346,8 @@ def main(argv=None) -> None:
     parser.add_argument("--kinds", nargs="+", default=["flat", "ivf", "ivfpq", "hnsw"], choices=list(BUILD_PARAMS))
     parser.add_argument("--param", action="append", default=[], help="KIND.NAME=VALUE, e.g. ivf.nlist=4096")
     parser.add_argument("--nlist", type=int, help="ivf/ivfpq lists (default 4 sqrt(n))")
+    parser.add_argument("--search", action="append", default=[], metavar="KIND:NAME=V[,NAME=V]",
+                        help="search setting to measure instead of the sweep, e.g. ivfpq:nprobe=1000,refine=64")
     parser.add_argument("--queries", type=int, default=100)
     parser.add_argument("--topk", type=int, default=10)
     parser.add_argument("--chunk", type=int, default=100_000, help="vectors per add() inside the build batch")
@@ -350,6 +365,7 @@ def main(argv=None) -> None:
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.chunk -= args.chunk % PER_ID
+    args.searches = parse_searches(args.search)
     params = parse_params(args.param, args.kinds, args.nlist or max(1, round(4 * args.n**0.5)))
     if args.worker:
         print(json.dumps(run_synthetic_kind(args, args.worker, params[args.worker])))

@@ -528,15 +528,18 @@ class GalleryIndex:
 
         Drops removed vectors still in an ``hnsw`` graph, re-trains ``ivf`` / ``ivfpq`` on the
         current entries, or changes the kind (``rebuild("ivfpq", nlist=4096)``). Ids and
-        metadata are unchanged.
+        metadata are unchanged. For the same kind, parameters not given keep their values
+        (``nlist=None`` chooses nlist again from the current number of entries, and a new nlist
+        derives nprobe again).
 
         Raises:
             GalleryIndexError: a bad kind or parameter; too few entries to train.
         """
         kind = kind or self.kind
         if kind == self.kind:  # keep the current parameters, except an nprobe derived from a changed nlist
-            auto = {"nprobe": None} if "nlist" in params and "nprobe" in self._state.params else {}
-            params = {**self._state.params, **auto, **params}
+            current = self._view_state.params
+            auto = {"nprobe": None} if "nlist" in params and "nprobe" in current else {}
+            params = {**current, **auto, **params}
         params = fb.resolve_params(kind, self.dim, params)
         with self.batch():
             txn = self._txn
