@@ -3,18 +3,17 @@
 All kinds score by inner product (``METRIC_INNER_PRODUCT``: larger is closer; the cosine
 similarity when vectors are L2-normalised) and carry the index's stable ids (``add_with_ids``).
 
-=========  ==============================================  =====================================
-kind       build parameters                                search parameters (set on open/search)
-=========  ==============================================  =====================================
-flat       none: exact search (``IndexFlatIP``)            none
-ivf        ``nlist`` inverted lists (``None``: chosen on   ``nprobe`` lists visited (default
-           training as 4 sqrt(N), at most N / 39)          ``nlist / 4``; ``nprobe = nlist`` is exact)
-ivfpq      ``nlist``; ``m`` sub-quantisers (must divide    ``nprobe`` (nlist / 4); ``refine`` (8): re-score
-           D; ``None``: D / 8 or the nearest divisor);     the ``refine * topk`` best PQ candidates
-           ``nbits`` bits per code (default 8)             exactly from the stored vectors (1: off)
-hnsw       ``M`` graph degree (32), ``ef_construction``    ``ef_search`` candidate-list size (256;
-           (40)                                            raised to ``topk`` when smaller)
-=========  ==============================================  =====================================
+* ``flat``: exact search (``IndexFlatIP``). No parameters.
+* ``ivf``: inverted lists (``IndexIVFFlat``). Build: ``nlist`` lists (``None``: chosen on
+  training as 4 sqrt(N), at most N / 39). Search: ``nprobe`` lists visited (``None``: nlist / 4;
+  ``nprobe = nlist`` is exact).
+* ``ivfpq``: inverted lists of product-quantised codes (``IndexIVFPQ``). Build: ``nlist``; ``m``
+  sub-quantisers (must divide D; ``None``: D / 4 or the nearest divisor, 4-d sub-vectors);
+  ``nbits`` bits per code (8). Search: ``nprobe`` (nlist / 4); ``refine`` (8): the
+  ``refine * topk`` best PQ candidates are re-scored exactly from the stored vectors (1: off).
+* ``hnsw``: a hierarchical navigable small-world graph (``IndexHNSWFlat``). Build: ``M`` graph degree (32),
+  ``ef_construction`` (40). Search: ``ef_search`` candidate-list size (256; raised to ``topk``
+  when smaller).
 
 ``ivf`` and ``ivfpq`` need training (k-means, Jegou et al., TPAMI 2011, "Product quantization for
 nearest neighbor search"): on at least ``nlist`` vectors (``ivfpq``: also ``2 ** nbits``); at most
@@ -112,7 +111,7 @@ def check_search_params(kind: str, params: dict) -> dict:
 
 
 def _default_m(dim: int) -> int:
-    target = max(1, dim // 8)
+    target = max(1, dim // 4)
     return min((m for m in range(1, dim + 1) if dim % m == 0), key=lambda m: (abs(m - target), m))
 
 
