@@ -89,3 +89,31 @@ def test_bad_config_key_is_a_clear_error(tmp_path, capsys):
     assert main(["train", str(cfg), "--output", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err
     assert "optim.lrr" in err and "valid keys" in err
+
+
+def test_export_then_eval_the_onnx_file_matches_the_checkpoint(run_dir, capsys):
+    ck, onnx = str(run_dir / "run" / "last.pt"), str(run_dir / "m.onnx")
+    assert main(["export", "--checkpoint", ck, "--output", onnx, "--dynamic-batch"]) == 0
+    assert "min cosine 1.0" in capsys.readouterr().out
+    a, b = run_dir / "a.json", run_dir / "b.json"
+    assert main(["eval", "--checkpoint", ck, "--json", str(a), "--backend", "torch"]) == 0
+    assert main(["eval", "--model", onnx, "--dataset", "synthetic", "--json", str(b), "--dataset-option",
+                 "num_train_ids=8", "--dataset-option", "num_test_ids=4", "--dataset-option", "num_cameras=2",
+                 "--dataset-option", "image_size=[32, 16]", "--dataset-option", "num_distractors=2"]) == 0
+    ma, mb = json.loads(a.read_text()), json.loads(b.read_text())
+    assert abs(ma["mAP"] - mb["mAP"]) < 1e-6 and ma["rank1"] == mb["rank1"]
+
+
+def test_eval_ranking_options(run_dir, capsys):
+    """--rerank / --aqe / --flip / --single-shot change the evaluation and are recorded."""
+    ck = str(run_dir / "run" / "last.pt")
+    results = {}
+    for name, flags in {"plain": [], "rerank": ["--rerank", "--set", "eval.rerank.k1=5", "--set", "eval.rerank.k2=2"],
+                        "aqe": ["--aqe", "--set", "eval.aqe.k=2"], "flip": ["--flip"],
+                        "single": ["--single-shot", "3"]}.items():
+        out = run_dir / f"{name}.json"
+        assert main(["eval", "--checkpoint", ck, "--json", str(out), *flags]) == 0, name
+        results[name] = json.loads(out.read_text())
+    assert results["single"]["repeats"] == 3 and "rank1" in results["single"]["std"]
+    for name in ("rerank", "aqe", "flip", "single"):
+        assert results[name]["mAP"] != results["plain"]["mAP"], name

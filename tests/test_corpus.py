@@ -336,6 +336,20 @@ def bad_arguments(tiny_run, tmp_path, corpus):
         (["actmap", "--checkpoint", ck, "--images", img, "--stage", "99"], "--stage 99"),
         (["train", str(tmp_path / "nope.yaml")], "nope.yaml"), (["train", str(tmp_path)], "not a regular file"),
         (["demo", "--minutes", "-1"], "--minutes"), (["nosuchcommand"], "nosuchcommand"), ([], "command"),
+        (["eval", "--checkpoint", ck, "--input-size", "64", "32"], "--input-size"),
+        (["eval", "--model", str(tmp_path / "missing.onnx"), "--dataset", "synthetic"], "missing.onnx"),
+        (["eval", "--model", img, "--dataset", "synthetic"], "0001_c1_0.png"),
+        (["eval", "--checkpoint", ck, "--single-shot", "0"], "--single-shot"),
+        (["eval", "--checkpoint", ck, "--set", "eval.rerank.k9=3"], "rerank"),
+        (["eval", "--checkpoint", ck, "--rerank", "--set", "eval.rerank.lambda_value=2"], "lambda_value"),
+        (["eval", "--checkpoint", ck, "--backend", "tensorrt"], "--backend"),
+        (["export", "--checkpoint", ck, "--output", str(tmp_path / "m.pt")], "--output"),
+        (["export", "--checkpoint", ck, "--output", str(tmp_path / "m.onnx"), "--int8"], "--calibration"),
+        (["export", "--checkpoint", ck, "--output", str(tmp_path / "m.onnx"), "--fp16", "--int8"], "--fp16"),
+        (["export", "--checkpoint", ck, "--output", str(tmp_path / "m.onnx"), "--calibration", gal], "--int8"),
+        (["export", "--checkpoint", ck, "--output", str(tmp_path / "m.onnx"), "--dynamic-batch",
+          "--batch-size", "4"], "--batch-size"),
+        (["export", "--model", str(tmp_path / "x.onnx"), "--output", str(tmp_path / "m.onnx")], ".onnx"),
     ]
 
 

@@ -1,7 +1,7 @@
 """The ``reidkit`` command line. ``main(argv)`` runs in-process (tests call it directly).
 
-Subcommands: ``train``, ``eval``, ``extract``, ``search``, ``actmap``, ``models``,
-``datasets``, ``demo``.
+Subcommands: ``train``, ``eval``, ``extract``, ``search``, ``actmap``, ``export``,
+``models``, ``datasets``, ``demo``.
 
 Every failure the user can cause ends in one line on stderr, ``reidkit <command>: error:
 <what and which file, key or flag>``, and exit code 2; Ctrl-C ends with ``interrupted`` and
@@ -15,10 +15,10 @@ import os
 import sys
 import warnings
 
-from . import evaluate, search, train
+from . import evaluate, export, search, train
 from ._common import Parser, UsageError
 
-_SUBCOMMANDS = (train, evaluate, search)
+_SUBCOMMANDS = (train, evaluate, search, export)
 
 
 def cmd_models(args) -> int:

@@ -90,17 +90,30 @@ def add_config_overrides(p: argparse.ArgumentParser) -> None:
     )
 
 
-def add_model_args(p: argparse.ArgumentParser) -> None:
-    """``--checkpoint`` | ``--model [--pretrained]``, ``--device`` and ``--set``."""
+def add_model_args(p: argparse.ArgumentParser, extraction: bool = True) -> None:
+    """``--checkpoint`` | ``--model [--pretrained]`` | ``--model FILE.onnx [--input-size H W
+    --mean R G B --std R G B --bgr]``, ``--device``, ``--set`` and, for commands that embed
+    images, ``--flip`` and ``--backend``."""
     p.add_argument("--checkpoint", help="a reidkit checkpoint (last.pt of a run)")
-    p.add_argument("--model", help="a registered model (reidkit models) instead of a checkpoint")
+    p.add_argument("--model", help="a registered model (reidkit models), or an .onnx file run by onnxruntime")
     p.add_argument("--pretrained", help="with --model: a local weights file (e.g. a torchreid model-zoo file)")
     p.add_argument(
         "--non-strict", action="store_true",
         help="with --pretrained: load the tensors that fit and warn about the rest (default: every backbone tensor must load)",
     )
     p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda or cuda:N")
+    onnx = p.add_argument_group("ONNX files without reidkit metadata (third-party exports)")
+    onnx.add_argument("--input-size", nargs=2, type=positive_int, metavar=("H", "W"), help="input height and width in pixels")
+    onnx.add_argument("--mean", nargs=3, type=float, metavar=("C1", "C2", "C3"), help="per-channel mean in [0, 1] pixel units")
+    onnx.add_argument("--std", nargs=3, type=float, metavar=("C1", "C2", "C3"), help="per-channel std in [0, 1] pixel units")
+    onnx.add_argument("--bgr", action="store_true", default=None, help="the network takes BGR input")
     add_config_overrides(p)
+    if extraction:
+        p.add_argument("--flip", action="store_true", help="flip test-time augmentation (same as --set eval.flip=true)")
+        p.add_argument(
+            "--backend", choices=("auto", "torch", "onnxruntime"),
+            help="inference backend (default auto: onnxruntime on CPU when installed and equal to torch)",
+        )
 
 
 def add_dataset_args(p: argparse.ArgumentParser) -> None:
@@ -110,6 +123,15 @@ def add_dataset_args(p: argparse.ArgumentParser) -> None:
         "--dataset-option", action="append", default=[], type=key_value, metavar="KEY=VALUE",
         help="option of the dataset builder (e.g. split_id=3, num_test_ids=486, pattern=...)",
     )
+
+
+def add_ranking_args(p: argparse.ArgumentParser) -> None:
+    """``--rerank`` and ``--aqe`` (shortcuts for ``--set eval.rerank={}`` / ``eval.aqe={}``)."""
+    p.add_argument(
+        "--rerank", action="store_true",
+        help="k-reciprocal re-ranking (k1=20, k2=6, lambda=0.3; change with --set eval.rerank.k1=...)",
+    )
+    p.add_argument("--aqe", action="store_true", help="alpha query expansion (k=10, alpha=3; --set eval.aqe.k=...)")
 
 
 # ---------------------------------------------------------------------------- loading
@@ -129,7 +151,20 @@ def load_model_and_config(args):
         raise UsageError("give either --checkpoint (a trained run) or --model (a registered model), not both")
     if args.pretrained and not args.model:
         raise UsageError("--pretrained goes with --model; a --checkpoint carries its own weights")
-    if args.checkpoint:
+    onnx_flags = [f"--{k.replace('_', '-')}" for k in ("input_size", "mean", "std", "bgr") if getattr(args, k, None)]
+    is_onnx = bool(args.model) and args.model.lower().endswith(".onnx")
+    if onnx_flags and not is_onnx:
+        raise UsageError(f"{', '.join(onnx_flags)} describe an --model FILE.onnx; reidkit models know their input")
+    if is_onnx:
+        if args.pretrained:
+            raise UsageError("--pretrained goes with a registered --model, not with an .onnx file (it holds its weights)")
+        from ..inference import load_onnx_model
+
+        model = load_onnx_model(args.model, input_size=args.input_size, mean=args.mean, std=args.std, bgr=args.bgr)
+        height, width = model.input_size
+        cfg_dict = {"model": {"name": model.name}, "data": {"height": height, "width": width}}
+        source = f"--model {args.model!r}"
+    elif args.checkpoint:
         model, ckpt = model_from_checkpoint(args.checkpoint)
         cfg_dict, source = dict(ckpt.get("config") or {}), f"checkpoint {args.checkpoint!r}"
     elif args.model:
@@ -141,10 +176,28 @@ def load_model_and_config(args):
     else:
         raise UsageError("give --checkpoint CKPT, or --model NAME [--pretrained FILE]")
     try:
-        cfg = validate_config(config_from_dict(apply_overrides(cfg_dict, getattr(args, "set", []))))
+        overrides = shortcut_overrides(args) + list(getattr(args, "set", []))
+        cfg = validate_config(config_from_dict(apply_overrides(cfg_dict, overrides)))
     except ConfigError as err:
         raise ConfigError(f"{source} / --set: {err}") from None
     return model, cfg
+
+
+def shortcut_overrides(args) -> list[str]:
+    """``--set`` items the shortcut flags stand for (applied before the user's own ``--set``,
+    so ``--rerank --set eval.rerank.k1=30`` works)."""
+    items = []
+    if getattr(args, "flip", False):
+        items.append("eval.flip=true")
+    if getattr(args, "backend", None):
+        items.append(f"eval.backend={args.backend}")
+    if getattr(args, "rerank", False):
+        items.append("eval.rerank={}")
+    if getattr(args, "aqe", False):
+        items.append("eval.aqe={}")
+    if getattr(args, "single_shot", None):
+        items.append(f"eval.single_shot_repeats={args.single_shot}")
+    return items
 
 
 def dataset_options(args) -> dict:

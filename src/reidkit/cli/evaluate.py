@@ -8,7 +8,16 @@ import json
 import numpy as np
 import torch
 
-from ._common import add_dataset_args, add_model_args, device, eval_dataset, load_model_and_config, output_file
+from ._common import (
+    add_dataset_args,
+    add_model_args,
+    add_ranking_args,
+    device,
+    eval_dataset,
+    load_model_and_config,
+    output_file,
+    positive_int,
+)
 
 
 def cmd_eval(args) -> int:
@@ -23,6 +32,10 @@ def cmd_eval(args) -> int:
     result = evaluate_model(model, dataset, cfg, device(args))
     metrics = result.as_dict()
     print("  ".join(f"{k}={100 * v:.2f}%" for k, v in metrics.items()))
+    if getattr(result, "std", None):
+        print(f"single-gallery-shot, {result.repeats} draws; std: " +
+              "  ".join(f"{k}={100 * v:.2f}" for k, v in result.std.items()))
+        metrics = {**metrics, "std": result.std, "repeats": result.repeats}
     if args.json:
         atomic_write_text(args.json, json.dumps({"dataset": dataset.name, **metrics}, indent=2))
     return 0
@@ -30,6 +43,7 @@ def cmd_eval(args) -> int:
 
 def cmd_extract(args) -> int:
     from ..engine.evaluate import extract_split
+    from ..evaluation.features import last_backend
     from ..fileio import atomic_write, ensure_writable_file
 
     ensure_writable_file(args.output, "--output")
@@ -37,6 +51,7 @@ def cmd_extract(args) -> int:
     dataset = eval_dataset(args, cfg)
     run_on = device(args)
     parts = {s: extract_split(model, dataset, s, cfg, run_on) for s in args.splits}
+    print(f"extract: backend {last_backend()}")
     pids = [_split_pids(dataset, s) for s in args.splits]
     arrays = dict(
         features=torch.cat([p.features for p in parts.values()]).numpy(),
@@ -61,6 +76,11 @@ def add_parsers(sub) -> None:
     p = sub.add_parser("eval", help="CMC rank-k, mAP and mINP on a dataset's query/gallery")
     add_model_args(p)
     add_dataset_args(p)
+    add_ranking_args(p)
+    p.add_argument(
+        "--single-shot", type=positive_int, metavar="REPEATS",
+        help="single-gallery-shot: one random gallery image per identity, REPEATS seeded draws averaged",
+    )
     p.add_argument("--json", type=output_file(".json"), help="also write the metrics to this JSON file")
     p.set_defaults(func=cmd_eval)
 

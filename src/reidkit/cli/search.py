@@ -11,6 +11,7 @@ import torch
 from ._common import (
     UsageError,
     add_model_args,
+    add_ranking_args,
     device,
     list_images,
     load_model_and_config,
@@ -45,14 +46,15 @@ def _readable(paths: list[str], skip: bool) -> list[str]:
 
 
 def _embed(model, paths: list[str], cfg, run_on) -> torch.Tensor:
-    """``(N, D)`` float32 embeddings of image files, L2-normalised when ``cfg.eval.normalize``."""
+    """``(N, D)`` float32 embeddings of image files (flip TTA and backend from ``cfg.eval``)."""
     from ..data import read_image
     from ..data.loader import eval_loader
     from ..evaluation.features import extract_features
 
     loader = eval_loader([(p, -1, -1) for p in paths], read_image, transform_for(cfg), num_workers=0)
-    feats = extract_features(model, loader, run_on, amp=cfg.eval.amp, channels_last=cfg.eval.channels_last).features
-    return torch.nn.functional.normalize(feats, dim=1) if cfg.eval.normalize else feats
+    e = cfg.eval
+    return extract_features(model, loader, run_on, amp=e.amp, channels_last=e.channels_last, flip=e.flip,
+                            backend=e.backend).features
 
 
 def _pid(path: str, pattern) -> int | None:
@@ -62,7 +64,7 @@ def _pid(path: str, pattern) -> int | None:
 
 def cmd_search(args) -> int:
     from ..data import read_image
-    from ..evaluation import compute_distance_matrix
+    from ..engine.evaluate import prepare_features, query_gallery_distances
     from ..fileio import atomic_write_text, ensure_writable_file
     from ..visualize import ranked_list_grid
 
@@ -75,7 +77,8 @@ def cmd_search(args) -> int:
         read_image(path)  # a bad query is an error naming it, before the gallery is embedded
     gallery = _readable(list_images(args.gallery), cfg.data.skip_unreadable)
     feats = _embed(model, queries + gallery, cfg, run_on)
-    dist = compute_distance_matrix(feats[: len(queries)], feats[len(queries) :], metric=cfg.eval.metric)
+    qf, gf = prepare_features(feats[: len(queries)], feats[len(queries) :], cfg)
+    dist = query_gallery_distances(qf, gf, cfg)  # (Q, G), smaller is closer
     k = min(args.topk, len(gallery))
     rows, report = [], []
     for qi, qpath in enumerate(queries):
@@ -145,6 +148,7 @@ def _patch_picture(model, cfg, args, run_on) -> int:
 def add_parsers(sub) -> None:
     p = sub.add_parser("search", help="rank a folder of gallery images for query images")
     add_model_args(p)
+    add_ranking_args(p)
     p.add_argument("--gallery", required=True, help="folder of gallery images (searched recursively)")
     p.add_argument("--query", required=True, nargs="+", help="query image file(s)")
     p.add_argument("--topk", type=positive_int, default=10, help="matches listed per query (>= 1)")
@@ -157,7 +161,7 @@ def add_parsers(sub) -> None:
     p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("actmap", help="activation maps of a backbone stage over images (PNG grid)")
-    add_model_args(p)
+    add_model_args(p, extraction=False)
     p.add_argument("--images", required=True, nargs="+", help="image file(s)")
     p.add_argument("--stage", type=positive_int, default=None, help="1-based backbone stage (default: the last)")
     p.add_argument("--patches", action="store_true", help="draw a PAUL model's learned patches instead (Fig. 6)")

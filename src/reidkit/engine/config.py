@@ -257,10 +257,29 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
-    """Evaluation: distance ``euclidean`` or ``cosine`` (smaller is closer), feature L2 norm,
-    and ``local_weight`` > 0 adds that times the AlignedReID local distance (models with a local
-    branch). ``amp`` (bfloat16 autocast on CPU) and ``channels_last`` at feature extraction:
-    ``None`` picks what ``benchmarks/bench_models.py`` measured faster on this kind of device."""
+    """Evaluation and feature extraction.
+
+    Attributes:
+        metric: ``euclidean``, ``sqeuclidean`` or ``cosine`` distance (smaller is closer).
+        normalize: L2-normalise embeddings before the distance.
+        max_rank: CMC length.
+        local_weight: > 0 adds that times the AlignedReID local distance (models with a local
+            branch).
+        amp: bfloat16 autocast (CPU) / float16 (CUDA) at extraction; ``None``: decided per
+            machine (:func:`reidkit.inference.select_backend`).
+        channels_last: NHWC layout at extraction; ``None`` goes with ``amp``.
+        backend: ``auto`` (onnxruntime on CPU when installed and matching torch, else torch),
+            ``torch`` or ``onnxruntime``.
+        flip: flip test-time augmentation: mean of the embeddings of the image and its mirror.
+        rerank: k-reciprocal re-ranking (Zhong et al., CVPR 2017) with options ``k1`` (20),
+            ``k2`` (6), ``lambda_value`` (0.3); ``null``: off. It ranks by its own distance (the
+            Jaccard distance mixed with the squared Euclidean one), whatever ``metric`` says.
+        aqe: alpha query expansion (Radenovic et al., TPAMI 2018) with options ``k`` (10) and
+            ``alpha`` (3.0); ``null``: off. Applied before re-ranking.
+        single_shot_repeats: > 0 evaluates single-gallery-shot (one random gallery image per
+            identity, this many seeded draws averaged; CUHK01 / CUHK03 classic tables); 0 uses
+            the full gallery (Market-1501 rules).
+    """
 
     metric: str = "euclidean"
     normalize: bool = True
@@ -268,6 +287,11 @@ class EvalConfig:
     local_weight: float = 0.0
     amp: bool | None = None
     channels_last: bool | None = None
+    backend: str = "auto"
+    flip: bool = False
+    rerank: dict | None = None
+    aqe: dict | None = None
+    single_shot_repeats: int = 0
 
 
 @dataclass
@@ -379,7 +403,9 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
             raise ConfigError(f"--set {item!r}: the value is not valid YAML ({err})") from None
         node = data
         for depth, part in enumerate(parts[:-1]):
-            node = node.setdefault(part, {})
+            if node.get(part) is None:  # an unset optional section (e.g. eval.rerank: null)
+                node[part] = {}
+            node = node[part]
             if not isinstance(node, dict):
                 section = ".".join(parts[: depth + 1])
                 raise ConfigError(f"--set {item!r}: {section!r} is a value, not a section")
@@ -490,11 +516,31 @@ def _check_training(cfg: "Config") -> None:
     _rule(re.fullmatch(r"auto|cpu|cuda(:\d+)?", t.device) is not None, "train.device", t.device, "auto, cpu, cuda or cuda:N")
 
 
+def _check_options(options: dict | None, key: str, valid: dict[str, tuple[type, float]]) -> None:
+    """An options mapping (or null) whose keys are ``valid`` and whose values are numbers of the
+    given type at least the given minimum."""
+    if options is None:
+        return
+    unknown = sorted(set(options) - set(valid))
+    _rule(not unknown, key, options, f"a mapping with keys among {', '.join(valid)}")
+    for name, value in options.items():
+        kind, low = valid[name]
+        ok = _finite(value) and (kind is float or (isinstance(value, int) and not isinstance(value, bool)))
+        _rule(ok and value >= low, f"{key}.{name}", value, f"{'an integer' if kind is int else 'a number'} >= {low}")
+
+
 def _check_methods(cfg: "Config") -> None:
     e, m, mu = cfg.eval, cfg.msgr, cfg.mutual
     _rule(e.metric in ("euclidean", "sqeuclidean", "cosine"), "eval.metric", e.metric, "euclidean, sqeuclidean or cosine")
     _rule(e.max_rank >= 1, "eval.max_rank", e.max_rank, "an integer >= 1")
     _rule(_finite(e.local_weight) and e.local_weight >= 0, "eval.local_weight", e.local_weight, "a number >= 0")
+    _rule(e.backend in ("auto", "torch", "onnxruntime"), "eval.backend", e.backend, "auto, torch or onnxruntime")
+    _rule(e.single_shot_repeats >= 0, "eval.single_shot_repeats", e.single_shot_repeats, "an integer >= 0")
+    _check_options(e.rerank, "eval.rerank", {"k1": (int, 1), "k2": (int, 1), "lambda_value": (float, 0)})
+    _check_options(e.aqe, "eval.aqe", {"k": (int, 0), "alpha": (float, 0)})
+    if e.rerank is not None:
+        lam = e.rerank.get("lambda_value", 0.3)
+        _rule(lam <= 1, "eval.rerank.lambda_value", lam, "a number in [0, 1]")
     _rule(_finite(m.weight) and m.weight >= 0, "msgr.weight", m.weight, "a number >= 0")
     _check_ints(m.stages, "msgr.stages", 1)
     _rule(m.norm in ("l1", "l2", "linf"), "msgr.norm", m.norm, "l1, l2 or linf")

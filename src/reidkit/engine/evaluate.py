@@ -48,6 +48,8 @@ def extract_split(model: nn.Module, dataset: ReIDDataset, split: str, cfg: Confi
         amp=cfg.eval.amp,
         channels_last=cfg.eval.channels_last,
         with_local=cfg.eval.local_weight > 0,
+        flip=cfg.eval.flip,
+        backend=cfg.eval.backend,
     )
 
 
@@ -71,24 +73,64 @@ def evaluate_model(model: nn.Module, dataset: ReIDDataset, cfg: Config, device: 
     return evaluate_features(q, g, cfg)
 
 
+def prepare_features(qf: torch.Tensor, gf: torch.Tensor, cfg: Config) -> tuple[torch.Tensor, torch.Tensor]:
+    """Query and gallery embeddings as ``cfg.eval`` asks before any distance: L2 normalisation
+    (``normalize``), then alpha query expansion of the queries (``aqe``, Radenovic et al. 2018).
+
+    ``qf: (Q, D)``, ``gf: (G, D)`` -> the same shapes, float32.
+    """
+    e = cfg.eval
+    if e.normalize:
+        qf, gf = nn.functional.normalize(qf, dim=1), nn.functional.normalize(gf, dim=1)
+    if e.aqe is not None:
+        from ..evaluation import alpha_query_expansion
+
+        qf = alpha_query_expansion(qf, gf, **e.aqe)
+    return qf, gf
+
+
+def query_gallery_distances(qf: torch.Tensor, gf: torch.Tensor, cfg: Config) -> torch.Tensor:
+    """``(Q, G)`` float32 distances (smaller is closer) of prepared features
+    (:func:`prepare_features`): k-reciprocal re-ranking when ``cfg.eval.rerank`` (Zhong et al.
+    2017; squared Euclidean original distance, whatever ``metric``), else ``cfg.eval.metric``."""
+    from ..evaluation import compute_distance_matrix, re_ranking
+
+    if cfg.eval.rerank is not None:
+        return re_ranking(qf, gf, **cfg.eval.rerank)
+    return compute_distance_matrix(qf, gf, cfg.eval.metric)
+
+
 def evaluate_features(q: Features, g: Features, cfg: Config):
     """CMC / mAP / mINP from query and gallery :class:`Features` (see :func:`evaluate_model`).
 
-    With ``cfg.eval.local_weight > 0`` the distance is the global one plus that weight times the
-    AlignedReID local distance (Zhang et al. 2017); that path holds the full
-    ``(num_query, num_gallery)`` matrix.
+    In order, as ``cfg.eval`` asks: :func:`prepare_features` (normalisation, query expansion);
+    the distance: :func:`query_gallery_distances` (re-ranking or ``metric``), or the global
+    distance plus ``local_weight`` times the AlignedReID local distance (Zhang et al. 2017);
+    then the full-gallery Market-1501 protocol, or single-gallery-shot averaged over
+    ``single_shot_repeats`` seeded draws (:mod:`reidkit.evaluation.protocols`). The plain path
+    never holds the ``(num_query, num_gallery)`` matrix; the others do.
+
+    Raises:
+        ValueError: ``local_weight > 0`` with a model without a local branch.
     """
-    qf, gf = q.features, g.features
-    if cfg.eval.normalize:
-        qf, gf = nn.functional.normalize(qf, dim=1), nn.functional.normalize(gf, dim=1)
-    if cfg.eval.local_weight > 0:
-        from ..evaluation import evaluate_rank
+    from ..evaluation import evaluate_rank
+    from ..evaluation.protocols import single_gallery_shot
+
+    e = cfg.eval
+    qf, gf = prepare_features(q.features, g.features, cfg)
+    if e.local_weight > 0 and e.rerank is None:
         from ..evaluation.aligned import combined_distance_matrix
 
         if q.local is None or g.local is None:
             raise ValueError("eval.local_weight > 0 needs a model with a local branch (e.g. mobilenet_v2_aligned)")
-        distmat = combined_distance_matrix(qf, gf, q.local, g.local, cfg.eval.metric, cfg.eval.local_weight)
-        return evaluate_rank(distmat, q.pids, g.pids, q.camids, g.camids, max_rank=cfg.eval.max_rank)
-    return evaluate_rank_from_features(
-        qf, gf, q.pids, g.pids, q.camids, g.camids, metric=cfg.eval.metric, max_rank=cfg.eval.max_rank
-    )
+        distmat = combined_distance_matrix(qf, gf, q.local, g.local, e.metric, e.local_weight)
+    elif e.rerank is not None or e.single_shot_repeats:
+        distmat = query_gallery_distances(qf, gf, cfg)
+    else:
+        return evaluate_rank_from_features(
+            qf, gf, q.pids, g.pids, q.camids, g.camids, metric=e.metric, max_rank=e.max_rank
+        )
+    if e.single_shot_repeats:
+        return single_gallery_shot(distmat, q.pids, g.pids, q.camids, g.camids, repeats=e.single_shot_repeats,
+                                   seed=cfg.seed, max_rank=e.max_rank)
+    return evaluate_rank(distmat, q.pids, g.pids, q.camids, g.camids, max_rank=e.max_rank)
