@@ -1,7 +1,7 @@
 """The ``reidkit`` command line. ``main(argv)`` runs in-process (tests call it directly).
 
 Subcommands: ``train``, ``eval``, ``extract``, ``search``, ``actmap``, ``export``,
-``models``, ``datasets``, ``demo``.
+``index`` (``build``, ``add``, ``remove``, ``info``), ``models``, ``datasets``, ``demo``.
 
 Every failure the user can cause ends in one line on stderr, ``reidkit <command>: error:
 <what and which file, key or flag>``, and exit code 2; Ctrl-C ends with ``interrupted`` and
@@ -15,10 +15,10 @@ import os
 import sys
 import warnings
 
-from . import evaluate, export, search, train
+from . import evaluate, export, index, search, train
 from ._common import Parser, UsageError
 
-_SUBCOMMANDS = (train, evaluate, search, export)
+_SUBCOMMANDS = (train, evaluate, search, export, index)
 
 
 def cmd_models(args) -> int:
@@ -55,8 +55,9 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from ..engine.checkpoint import CheckpointError
     from ..engine.config import ConfigError
     from ..fileio import OutputError
+    from ..index.errors import GalleryIndexError
 
-    return (UsageError, ConfigError, DatasetError, ImageReadError, CheckpointError, OutputError,
+    return (UsageError, GalleryIndexError, ConfigError, DatasetError, ImageReadError, CheckpointError, OutputError,
             FileNotFoundError, FileExistsError, PermissionError, KeyError, ValueError, OSError, RuntimeError)
 
 
@@ -87,6 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"reidkit {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (reidkit index info | head): nothing to say
+        return 0
     except _user_errors() as err:
         if debug:
             raise

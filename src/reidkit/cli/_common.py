@@ -14,6 +14,8 @@ import re
 import sys
 from pathlib import Path
 
+import torch
+
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 
@@ -171,6 +173,7 @@ def load_model_and_config(args):
         weights = args.pretrained
         if weights and getattr(args, "non_strict", False):
             weights = WeightsFile(weights, strict=False)
+        torch.manual_seed(0)  # what --pretrained leaves untrained is the same in every command
         model = create_model(args.model, num_classes=0, pretrained=weights).eval()
         cfg_dict, source = {"model": {"name": args.model}}, "--model"
     else:

@@ -70,6 +70,12 @@ def cmd_search(args) -> int:
 
     for path in filter(None, (args.output, args.json)):
         ensure_writable_file(path, "--output" if path == args.output else "--json")
+    if args.index:
+        from .index import search_index
+
+        return search_index(args)
+    if not args.gallery:
+        raise UsageError("give --gallery DIR (a folder to rank) or --index IDX (a built index)")
     model, cfg = load_model_and_config(args)
     run_on = device(args)
     queries = list(args.query)
@@ -149,7 +155,9 @@ def add_parsers(sub) -> None:
     p = sub.add_parser("search", help="rank a folder of gallery images for query images")
     add_model_args(p)
     add_ranking_args(p)
-    p.add_argument("--gallery", required=True, help="folder of gallery images (searched recursively)")
+    p.add_argument("--gallery", help="folder of gallery images (searched recursively)")
+    p.add_argument("--index", help="a gallery index folder (reidkit index build) instead of --gallery")
+    p.add_argument("--force", action="store_true", help="with --index: accept another model than the index's")
     p.add_argument("--query", required=True, nargs="+", help="query image file(s)")
     p.add_argument("--topk", type=positive_int, default=10, help="matches listed per query (>= 1)")
     p.add_argument("--output", default="search_result.png", type=output_file(*PICTURE_EXTS), help="picture of the ranked lists")
