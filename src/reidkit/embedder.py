@@ -68,7 +68,7 @@ class Embedder:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         self.device = resolve_device(device)
         self.batch_size, self.backend_name, self.threads = batch_size, backend, threads
-        self.model, size, cfg_flip = _load(source, pretrained, input_size, mean, std, bgr, threads)
+        self.model, size, cfg_flip = _load(source, pretrained, input_size, mean, std, bgr, threads, self.device)
         self.input_size = tuple(int(v) for v in size)
         self.flip = bool(cfg_flip if flip is None else flip)
         self.transform = build_transforms(TransformConfig(height=self.input_size[0], width=self.input_size[1]), train=False)
@@ -164,7 +164,7 @@ class Embedder:
         return nn.functional.normalize(emb.float(), dim=1)  # (B, D)
 
 
-def _load(source, pretrained, input_size, mean, std, bgr, threads):
+def _load(source, pretrained, input_size, mean, std, bgr, threads, device):
     """``(model, input_size, flip)`` from an Embedder ``source``."""
     if isinstance(source, nn.Module):
         return source.eval(), input_size or getattr(source, "input_size", (256, 128)), False
@@ -172,7 +172,7 @@ def _load(source, pretrained, input_size, mean, std, bgr, threads):
     if path.suffix.lower() == ".onnx":
         from .inference.onnx_model import OnnxReIDModel
 
-        model = OnnxReIDModel(path, input_size=input_size, mean=mean, std=std, bgr=bgr, threads=threads)
+        model = OnnxReIDModel(path, input_size=input_size, mean=mean, std=std, bgr=bgr, threads=threads, device=device)
         return model, model.input_size, False
     if path.is_file():
         from .engine.checkpoint import model_from_checkpoint

@@ -16,7 +16,9 @@ exported to ONNX in memory and run by onnxruntime with one thread per core, afte
 the first batch that its embeddings match torch's (cosine >= :data:`PARITY_MIN_COSINE`), else
 torch with a warning; on CUDA torch; bfloat16 torch only on CPUs with native bf16 and only
 where it measures faster than onnxruntime on that first batch. ``benchmarks/bench_extract.py``
-measured onnxruntime 1.6-16x faster than eager torch fp32 on a 2-core AMD EPYC (AVX2).
+on a 2-core AMD EPYC (AVX2, no bf16; files to features, 256 x 128, batch 32) measured the
+onnxruntime path at 3.2x (OSNet x1.0), 1.7x (ResNet-50) and 1.9x (MobileNetV2) the eager torch
+fp32 path, export included, with a min cosine to torch of 1.000000.
 """
 
 from __future__ import annotations
