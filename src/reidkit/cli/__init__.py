@@ -15,10 +15,10 @@ import os
 import sys
 import warnings
 
-from . import evaluate, export, index, search, train
+from . import evaluate, export, index, report, search, serve, train
 from ._common import Parser, UsageError
 
-_SUBCOMMANDS = (train, evaluate, search, export, index)
+_SUBCOMMANDS = (train, evaluate, search, export, index, serve, report)
 
 
 def cmd_models(args) -> int:
@@ -74,8 +74,10 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI with ``argv`` (default ``sys.argv[1:]``); returns the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
         args = build_parser().parse_args(argv)
+        args.argv = argv
     except SystemExit as stop:  # --help (0) or a one-line usage error (2)
         return int(stop.code or 0)
     except KeyboardInterrupt:

@@ -114,3 +114,32 @@ def build_report(
         q_pids=labels[0], g_pids=labels[1], q_camids=labels[2], g_camids=labels[3],
         context=dict(context or {}),
     )
+
+
+def distances_for(q, g, cfg):
+    """``(Q, G)`` float32 distances (smaller is closer) that ``evaluate_features`` ranks by, and
+    their description: normalisation and query expansion, then re-ranking, the AlignedReID
+    combined distance, or ``cfg.eval.metric``.
+
+    Args:
+        q, g: query and gallery :class:`~reidkit.evaluation.features.Features`.
+        cfg: the :class:`~reidkit.engine.config.Config`.
+
+    Returns:
+        ``(distmat torch.Tensor, description str)``.
+    """
+    from ..engine.evaluate import prepare_features, query_gallery_distances
+
+    e = cfg.eval
+    qf, gf = prepare_features(q.features, g.features, cfg)
+    what = f"{e.metric} distance of {'L2-normalised ' if e.normalize else ''}embeddings"
+    if e.aqe is not None:
+        what += " after alpha query expansion"
+    if e.rerank is not None:
+        return query_gallery_distances(qf, gf, cfg), f"k-reciprocal re-ranked distance ({what.replace(e.metric, 'squared Euclidean')})"
+    if e.local_weight > 0 and q.local is not None and g.local is not None:
+        from ..evaluation.aligned import combined_distance_matrix
+
+        return (combined_distance_matrix(qf, gf, q.local, g.local, e.metric, e.local_weight),
+                f"{what} + {e.local_weight} x AlignedReID local distance")
+    return query_gallery_distances(qf, gf, cfg), what
