@@ -102,6 +102,7 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
+        _fsync_folder(path.parent)  # the rename itself survives a power cut
     except BaseException as err:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
@@ -109,6 +110,15 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
             raise OutputError(f"cannot write {str(path)!r}: {_describe(err)}") from None
         raise
     return path
+
+
+def _fsync_folder(folder: Path) -> None:
+    with contextlib.suppress(OSError):  # not every file system lets a folder be opened / fsynced
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:

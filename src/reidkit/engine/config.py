@@ -245,6 +245,9 @@ class TrainConfig:
             on CUDA).
         device: ``"auto"`` (CUDA when present), ``"cpu"`` or ``"cuda"``.
         iters_per_epoch: cap on iterations per epoch (``None``: one pass of the PK sampler).
+        sync_bn: under torchrun, synchronise batch norm over the processes (N processes x
+            batch B then compute what one process does with batch N x B); off: each process
+            normalises with its own batch (:mod:`reidkit.engine.distributed`).
     """
 
     max_epochs: int = 60
@@ -253,6 +256,7 @@ class TrainConfig:
     amp: bool = True
     device: str = "auto"
     iters_per_epoch: int | None = None
+    sync_bn: bool = False
 
 
 @dataclass

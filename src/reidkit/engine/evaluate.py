@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -32,16 +33,24 @@ def check_finite(features: Features, split: str, dataset: ReIDDataset | None = N
 
 
 def extract_split(model: nn.Module, dataset: ReIDDataset, split: str, cfg: Config, device: torch.device) -> Features:
-    """Features of ``dataset.<split>`` (``"query"``, ``"gallery"`` or ``"train"``) with test transforms."""
+    """Features of ``dataset.<split>`` (``"query"``, ``"gallery"`` or ``"train"``) with test transforms.
+
+    Under torchrun every process embeds its contiguous 1/N share and the shares are gathered
+    in order, so every process returns the features of the whole split.
+    """
+    from .distributed import current, gather_objects, shard
+
     tcfg = TransformConfig(height=cfg.data.height, width=cfg.data.width)
+    samples = getattr(dataset, split)
+    distributed = current().active
     loader = eval_loader(
-        getattr(dataset, split),
+        shard(samples) if distributed else samples,
         dataset.load_image,
         build_transforms(tcfg, train=False),
         batch_size=cfg.data.eval_batch_size,
         num_workers=cfg.data.num_workers,
     )
-    return extract_features(
+    features = extract_features(
         model,
         loader,
         device,
@@ -51,6 +60,12 @@ def extract_split(model: nn.Module, dataset: ReIDDataset, split: str, cfg: Confi
         flip=cfg.eval.flip,
         backend=cfg.eval.backend,
     )
+    if not distributed:
+        return features
+    parts = gather_objects(tuple(features))
+    local = None if parts[0][3] is None else torch.cat([p[3] for p in parts])
+    return Features(torch.cat([p[0] for p in parts]), np.concatenate([p[1] for p in parts]),
+                    np.concatenate([p[2] for p in parts]), local)
 
 
 def evaluate_model(model: nn.Module, dataset: ReIDDataset, cfg: Config, device: torch.device):

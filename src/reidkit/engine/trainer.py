@@ -40,7 +40,8 @@ from .methods import Batch, MethodContext, TrainingMethod, build_method
 from .methods.base import as_float  # noqa: F401  (re-exported: reidkit <= 0.1 imported it from here)
 from .methods.supervised import model_configs as peer_model_configs
 from .evaluate import NonFiniteEmbeddings, evaluate_model
-from .runtime import autocast, preserved_rng, resolve_device, rng_state, seed_everything, set_rng_state
+from .distributed import agree, barrier, init_distributed
+from .runtime import preserved_rng, resolve_device, rng_state, seed_everything, set_rng_state
 
 
 class TrainingDiverged(RuntimeError):
@@ -159,10 +160,24 @@ def build_sampler(data: DataConfig, pids: list[int], seed: int):
     raise ConfigError(f"data.sampler: unknown sampler {data.sampler!r}; valid: pk, pairs, random")
 
 
-def _checked_sampler(data: DataConfig, pids: list[int], seed: int):
-    """:func:`build_sampler`, with a batch layout the data cannot fill reported as a ConfigError."""
+def _checked_sampler(data: DataConfig, pids: list[int], seed: int, dist_ctx=None):
+    """:func:`build_sampler`, with a batch layout the data cannot fill reported as a ConfigError.
+
+    Under torchrun (``dist_ctx.world_size = N > 1``) the sampler draws global batches N times
+    the configured size (P x N identities) and this process takes its slice
+    (:class:`~reidkit.engine.distributed.RankSlice`): whole identities, P x K per process.
+    """
+    from .distributed import RankSlice
+
+    world = dist_ctx.world_size if dist_ctx is not None else 1
+    if world > 1:
+        data = dataclasses.replace(
+            data, num_pids_per_batch=data.num_pids_per_batch * world,
+            batch_size=None if data.batch_size is None else data.batch_size * world,
+        )
     try:
-        return build_sampler(data, pids, seed)
+        sampler = build_sampler(data, pids, seed)
+        return RankSlice(sampler, world, dist_ctx.rank) if world > 1 else sampler
     except ValueError as err:
         raise ConfigError(
             f"data.sampler={data.sampler!r} with data.num_pids_per_batch={data.num_pids_per_batch}, "
@@ -271,11 +286,15 @@ class Trainer:
     """
 
     def __init__(self, cfg: Config, run_dir: str | Path, resume: bool = False, log=print, overwrite: bool = False):
-        self.cfg, self.run_dir, self.log = validate_config(cfg), Path(run_dir), log
+        self.cfg, self.run_dir = validate_config(cfg), Path(run_dir)
         self.ckpt_path = self.run_dir / "last.pt"
+        self.dist, dist_device = init_distributed(cfg.train.device)  # torchrun: join the process group
+        self.is_main = self.dist.is_main
+        self.log = log if self.is_main else (lambda *_: None)
         check_run_dir(self.run_dir, resume, overwrite)
+        barrier()  # every process has checked the folder before rank 0 writes into it
         try:
-            self.device = resolve_device(cfg.train.device)
+            self.device = dist_device or resolve_device(cfg.train.device)
         except ValueError as err:
             raise ConfigError(f"train.device: {err}") from None
         self.train_ds, self.eval_ds = build_datasets(cfg.data)
@@ -288,12 +307,14 @@ class Trainer:
         self.method: TrainingMethod = build_method(ctx)
         self.models = self.method.models
         self.model = self.models[0]
-        seed_everything(cfg.seed)  # data order and augmentation do not depend on the models built
+        if self.dist.active:
+            self._distribute()
+        seed_everything(cfg.seed + self.dist.rank)  # data order and augmentation do not depend on the models built
         self.optimizer = build_optimizer(self.method, cfg.optim)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda e: lr_factor(e, cfg.sched, cfg.train.max_epochs)
         )
-        sampler = _checked_sampler(cfg.data, [s.pid for s in self.train_ds.train], cfg.seed)
+        sampler = _checked_sampler(cfg.data, [s.pid for s in self.train_ds.train], cfg.seed, self.dist)
         check_layouts(self.method, sampler, cfg.data.sampler)
         self.loader = train_loader(
             self.train_ds,
@@ -305,14 +326,27 @@ class Trainer:
         resume_state = load_checkpoint(self.ckpt_path, for_resume=True) if resume else None
         if resume_state is not None:
             self._restore(resume_state)
-        ensure_writable_dir(self.run_dir, "--output")
-        if overwrite:
-            _remove_run_files(self.run_dir)
-        clean_stale_temporaries(self.run_dir)
-        if resume_state is not None:
-            self._rebuild_log()
-        save_config(cfg, self.run_dir / "config.yaml")
-        self._tensorboard = _tensorboard_writer(self.run_dir / "tensorboard")
+        self._tensorboard = None
+        if self.is_main:  # only rank 0 writes
+            ensure_writable_dir(self.run_dir, "--output")
+            if overwrite:
+                _remove_run_files(self.run_dir)
+            clean_stale_temporaries(self.run_dir)
+            if resume_state is not None:
+                self._rebuild_log()
+            save_config(cfg, self.run_dir / "config.yaml")
+            self._tensorboard = _tensorboard_writer(self.run_dir / "tensorboard")
+
+    def _distribute(self) -> None:
+        """Under torchrun: synchronised batch norm when asked, DDP around every model."""
+        from .distributed import convert_sync_batchnorm, data_parallel
+
+        if not getattr(self.method, "supports_distributed", True):
+            raise ConfigError(f"method.name: {type(self.method).__name__} does not run under torchrun yet")
+        if self.cfg.train.sync_bn:
+            for model in self.models:
+                convert_sync_batchnorm(model, self.device)
+        self.method.distribute(lambda model, name: data_parallel(model, self.device, name))
 
     # ------------------------------------------------------------------ checkpoints
     def _model_entry(self, i: int) -> dict:
@@ -343,6 +377,8 @@ class Trainer:
         return state
 
     def _save(self) -> None:
+        if not self.is_main:
+            return
         atomic_save(self._state(), self.ckpt_path)
         if len(self.models) > 1:
             for i in range(len(self.models)):
@@ -402,6 +438,8 @@ class Trainer:
         atomic_write_text(path, "".join(lines))
 
     def _append_log(self, record: dict) -> None:
+        if not self.is_main:
+            return
         path = self.run_dir / "metrics.jsonl"
         try:
             with open(path, "a") as f:
@@ -453,7 +491,7 @@ class Trainer:
         for raw in bar:
             batch = self._batch(raw)
             total, parts = self.method.training_step(batch)
-            if not torch.isfinite(total):
+            if agree(not torch.isfinite(total)):  # every process stops together
                 raise TrainingDiverged(
                     f"loss became {total.item()} at epoch {self.epoch + 1}, iteration {n_iter + 1} "
                     f"(parts: {parts}); the last good checkpoint {self.ckpt_path} is kept. "
@@ -471,7 +509,7 @@ class Trainer:
             now = time.perf_counter()
             self.elapsed, t_last = self.elapsed + now - t_last, now
             bar.set_postfix(loss=f"{total.item():.3f}", img_s=f"{n_img / (time.perf_counter() - t0):.1f}")
-            if (limit is not None and n_iter >= limit) or self._budget_spent():
+            if (limit is not None and n_iter >= limit) or agree(self._budget_spent()):
                 break
         seconds = time.perf_counter() - t0
         record = {k: v / max(n_iter, 1) for k, v in sums.items()}
@@ -507,7 +545,7 @@ class Trainer:
         if self.epoch == 0 and not self.records:
             with preserved_rng():
                 self.method.prepare(self.loader)
-        while self.epoch < cfg.max_epochs and not self._budget_spent():
+        while self.epoch < cfg.max_epochs and not agree(self._budget_spent()):
             record = self.train_one_epoch()
             if not self.cfg.sched.by_time:  # a time-based schedule sets the rate every iteration
                 self.scheduler.step()
@@ -521,6 +559,7 @@ class Trainer:
             self.log(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
         results = {"epochs": self.epoch, "train_minutes": self.elapsed / 60, **self.evaluate()}
         self._append_log({"final": True, **results})
-        atomic_write_text(self.run_dir / "results.json", json.dumps(results, indent=2))
+        if self.is_main:
+            atomic_write_text(self.run_dir / "results.json", json.dumps(results, indent=2))
         self.log("final: " + json.dumps(results))
         return results

@@ -93,7 +93,9 @@ class TrainingMethod(nn.Module):
       e.g. to fill a memory bank;
     * :meth:`after_step`: after every optimiser step;
     * ``models``: the ``nn.ModuleList`` of models saved (``last.pt`` holds ``models[0]``,
-      ``peer{i}.pt`` each when several) and evaluated.
+      ``peer{i}.pt`` each when several) and evaluated;
+    * a step calls its models through :meth:`forward_of` ``(i, method)``, so the trainer can
+      route them through ``DistributedDataParallel`` under torchrun.
 
     Class attributes a method may override: ``uses_labels`` (``False``: the trainer hands
     ``pids`` of ``-1``), ``needs_views`` (``True``: batches carry an augmented view),
@@ -107,6 +109,24 @@ class TrainingMethod(nn.Module):
     def __init__(self, ctx: MethodContext):
         super().__init__()
         self.ctx = ctx
+        self.__dict__["_wrap"] = None  # plain attributes: not submodules, not in state_dict()
+        self.__dict__["_wrapped"] = {}
+
+    def distribute(self, wrap) -> None:
+        """Route the models' training forward passes through ``wrap(model, method_name)``
+        (``DistributedDataParallel``, :func:`reidkit.engine.distributed.data_parallel`)."""
+        self.__dict__["_wrap"] = wrap
+
+    def forward_of(self, i: int, method: str = "forward_train"):
+        """The callable a step uses for ``models[i].<method>(x)``: the model's own method, or
+        its data-parallel wrapper once :meth:`distribute` was called (gradients are averaged
+        over the processes)."""
+        if self._wrap is None:
+            return getattr(self.models[i], method)
+        key = (i, method)
+        if key not in self._wrapped:
+            self._wrapped[key] = self._wrap(self.models[i], method)
+        return self._wrapped[key]
 
     @property
     def models(self) -> nn.ModuleList:  # pragma: no cover - abstract

@@ -75,9 +75,8 @@ class PAULSourceMethod(TrainingMethod):
 
     def training_step(self, batch: Batch) -> tuple[Tensor, dict[str, float]]:
         """Sum over patches of cross-entropy (``patch_ce``) + weighted triplet (``triplet``)."""
-        model = self._models[0]
         with autocast(self.device, self.amp):
-            out = model.forward_patches(batch.images)
+            out = self.forward_of(0, "forward_patches")(batch.images)
         logits = out.patch_logits.float()  # (B, M, K)
         m = logits.shape[1]
         ce = F.cross_entropy(logits.flatten(0, 1), batch.pids.repeat_interleave(m)) * m
@@ -111,6 +110,7 @@ class PAULMethod(TrainingMethod):
     uses_labels = False
     needs_views = True
     sampler_layouts = ("random",)
+    supports_distributed = False  # the memory bank is per process; gathering its updates is not built
 
     def __init__(self, ctx: MethodContext, source_checkpoint: str | None = None, k: int = 10, scale: float = 30.0,
                  momentum: float = 0.1, ipfl_weight: float = 2.0, margin: float = 2.0, r: int = 3,
@@ -158,7 +158,7 @@ class PAULMethod(TrainingMethod):
         """PEDAL on the images' patches + weighted IPFL between images and their views."""
         b = batch.images.shape[0]
         with autocast(self.device, self.amp):
-            out = self._models[0].forward_train(torch.cat([batch.images, batch.views]))
+            out = self.forward_of(0)(torch.cat([batch.images, batch.views]))
         out = as_float(out)
         anchor, positive = out.embedding.split(b)
         patches = out.local_feature[:b]  # (B, M, d)

@@ -109,7 +109,7 @@ class SupervisedMethod(TrainingMethod):
         if msgr.weight > 0 and msgr.include_input:
             images.requires_grad_(True)
         with autocast(self.device, self.amp):
-            outputs = [model.forward_train(images) for model in self._models]
+            outputs = [self.forward_of(i)(images) for i in range(len(self._models))]
         outputs = [as_float(o) for o in outputs]
         total, parts = self.losses(outputs, batch.pids)
         if msgr.weight > 0:
