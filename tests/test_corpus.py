@@ -20,7 +20,7 @@ from PIL import Image
 
 from reidkit.cli import main
 
-from conftest import TINY_RUN
+from reidkit_testing import TINY_RUN
 
 SMALL = ["--set", "data.height=32", "--set", "data.width=16", "--device", "cpu"]
 RESULTS = {"cases": 0, "tracebacks": 0}

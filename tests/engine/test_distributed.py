@@ -16,7 +16,7 @@ from reidkit.cli import main
 from reidkit.engine.distributed import CPUSyncBatchNorm, RankSlice
 from reidkit.data.samplers import PKSampler
 
-from conftest import TINY_RUN
+from reidkit_testing import TINY_RUN
 
 
 def _config(tmp_path):

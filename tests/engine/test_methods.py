@@ -11,7 +11,7 @@ from reidkit.engine.config import ConfigError, config_from_dict
 from reidkit.engine.methods import list_methods
 from reidkit.engine.trainer import Trainer
 
-from conftest import TINY_RUN
+from reidkit_testing import TINY_RUN
 
 
 def quiet(*_):

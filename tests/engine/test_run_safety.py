@@ -18,7 +18,7 @@ from reidkit.engine.config import config_from_dict
 from reidkit.engine.trainer import Trainer
 from reidkit.fileio import OutputError, atomic_write_text, ensure_writable_dir
 
-from conftest import TINY_RUN
+from reidkit_testing import TINY_RUN
 
 
 def quiet(*_):
