@@ -118,7 +118,8 @@ def _jpeg_of(source) -> bytes:
 def start_server(args, folder: Path) -> tuple[subprocess.Popen, str]:
     """``reidkit serve`` on 127.0.0.1 (a free port); returns the process and its base URL."""
     command = [sys.executable, "-m", "reidkit", "serve", "--index", str(folder), "--host", "127.0.0.1", "--port", "0",
-               "--device", "cpu"] + (["--backend", args.backend] if args.backend else [])
+               "--device", "cpu"] + (["--backend", args.backend] if args.backend else []) + (
+                   ["--threads", str(args.threads)] if args.threads else [])
     server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO)
     found: dict = {}
 
@@ -207,6 +208,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--checkpoint", help="a reidkit checkpoint instead of --model")
     p.add_argument("--input-size", nargs=2, type=int, default=[256, 128], metavar=("H", "W"))
     p.add_argument("--backend", choices=("auto", "torch", "onnxruntime"), help="the service's inference backend")
+    p.add_argument("--threads", type=int, help="the service's CPU threads (reidkit serve --threads)")
     p.add_argument("--kind", default="flat", choices=("flat", "ivf", "ivfpq", "hnsw"))
     p.add_argument("--index-dir", help="index folder (default under /tmp/reidkit-bench-serve, reused when it fits)")
     p.add_argument("--images", help="folder of query images (default: ../shared CUHK01, else synthetic crops)")

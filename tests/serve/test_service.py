@@ -275,3 +275,15 @@ def test_bad_serve_flags(serve_index, tmp_path, capsys):
             assert len(err) == 1 and culprit in err[0] and "Traceback" not in err[0], (argv, err)
     finally:
         busy.close()
+
+
+def test_model_card_says_what_is_not_known(service, tmp_path):
+    from reidkit.serve import model_card
+
+    manifest = service.index.manifest
+    card = model_card(manifest, None, {"model": "osnet_x0_25", "pretrained": "/somewhere/w.pth"})
+    assert card["trained_on"] is None and card["evaluation"] is None and card["weights_file"] == "w.pth"
+    assert model_card(manifest, None, {"checkpoint": str(tmp_path / "last.pt")})["evaluation"] is None
+    (tmp_path / "eval.json").write_text('{"dataset": "market1501", "rank1": 0.9, "mAP": 0.8, "cmc": [0.9]}')
+    evaluation = model_card(manifest, None, {"checkpoint": str(tmp_path / "last.pt")})["evaluation"]
+    assert evaluation == {"rank1": 0.9, "mAP": 0.8, "dataset": "market1501", "file": "eval.json"}

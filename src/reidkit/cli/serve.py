@@ -31,10 +31,13 @@ def open_service(args):
     limits = ServiceLimits(max_upload_bytes=int(args.max_upload_mb * 2**20), max_pixels=args.max_pixels)
     if args.upload_dir and not args.writable:
         raise UsageError("--upload-dir goes with --writable (where added images are stored)")
+    threads = getattr(args, "threads", None)
+    if threads:
+        _limit_threads(threads)
     index, model, cfg = _open_for_model(args)
     try:
         embedder = Embedder(model, device=args.device, input_size=(cfg.data.height, cfg.data.width),
-                            flip=cfg.eval.flip, backend=cfg.eval.backend, batch_size=16)
+                            flip=cfg.eval.flip, backend=cfg.eval.backend, batch_size=16, threads=threads)
         card = model_card(index.manifest, cfg, index.manifest.model_source)
         service = SearchService(index, embedder, card, writable=args.writable, upload_dir=args.upload_dir, limits=limits)
         warm_up(embedder)
@@ -42,6 +45,19 @@ def open_service(args):
         index.close()
         raise
     return service
+
+
+def _limit_threads(threads: int) -> None:
+    """Use ``threads`` CPU threads for inference (torch, onnxruntime) and for faiss searches."""
+    import torch
+
+    torch.set_num_threads(threads)
+    try:
+        import faiss
+
+        faiss.omp_set_num_threads(threads)
+    except ImportError:
+        pass
 
 
 def warm_up(embedder) -> None:
@@ -113,6 +129,8 @@ def add_parsers(sub) -> None:
     add_model_args(p, extraction=False)
     p.add_argument("--backend", choices=("auto", "torch", "onnxruntime"),
                    help="inference backend (default auto: onnxruntime on CPU when installed and equal to torch)")
+    p.add_argument("--threads", type=positive_int,
+                   help="CPU threads for embedding and searching (default: one per core)")
     p.add_argument("--force", action="store_true", help="accept a model other than the one that built the index")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1, this machine only)")
     p.add_argument("--port", type=_port, default=8000, help="TCP port (0 picks a free one)")
