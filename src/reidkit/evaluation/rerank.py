@@ -26,9 +26,9 @@ rows and columns, keeping only the few entries below each row's current ``k``-th
 distance. ``V`` is a CSR matrix with a few dozen entries per row; the Jaccard sums run over an
 inverted index (gallery rows per column), so they only touch shared non-zeros. Extra memory is
 one ``(block, block)`` buffer, ``O(N * (k1 + 1))`` neighbour lists and sparse entries, and chunked
-temporaries, besides the ``(Q, G)`` result: at Market-1501 size (N = 19,281) about 0.4 GiB with
-the result, at MSMT17 size (N = 93,820) about 0.4 GiB besides the 3.8 GB result
-(``benchmarks/bench_rerank.py``). All steps are vectorised torch and run on the CPU's threads or
+temporaries, besides the ``(Q, G)`` result: measured (``benchmarks/bench_rerank.py``, 512-d)
+0.44 GiB in all at Market-1501 size (N = 19,281, result included), 0.7 GiB besides the 3.6 GiB
+result at MSMT17 size (N = 93,820). All steps are vectorised torch and run on the CPU's threads or
 on CUDA; the cost is dominated by the ``N^2 / 2`` dot products of the distance pass.
 """
 
