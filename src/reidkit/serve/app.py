@@ -98,20 +98,27 @@ def create_app(service: SearchService, api_key: str | None = None):
         ImportError: FastAPI is not installed (the ``serve`` extra).
     """
     _require_fastapi()
-    from fastapi import Depends, FastAPI, File, Form, Header, Query, Request, UploadFile
-    from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import FileResponse, JSONResponse, Response
-    from fastapi.staticfiles import StaticFiles
-    from starlette.exceptions import HTTPException as StarletteHTTPException
+    from fastapi import Depends, FastAPI
 
     from .. import __version__
 
     limits = service.limits
     app = FastAPI(title="reidkit search", version=__version__, docs_url=None, redoc_url=None,
-                  description="Person re-identification search over a reidkit gallery index. "
-                              "Scores: cosine similarity, larger is closer (negated re-ranked distance with rerank).")
+                  description="Person re-identification search over a reidkit gallery index. Scores: cosine "
+                              "similarity, larger is closer (negated re-ranked distance with rerank).")
     app.add_middleware(_BodyLimit, limits={("POST", "/search"): limits.max_upload_bytes + _SMALL_BODY,
                                            ("POST", "/gallery"): limits.max_request_bytes})
+    _add_safety_headers(app)
+    _add_error_handlers(app)
+    keyed = [Depends(_key_check(api_key))]
+    _add_page(app, service)
+    _add_search(app, service, keyed)
+    _add_gallery(app, service, keyed)
+    return app
+
+
+def _add_safety_headers(app) -> None:
+    from fastapi import Request
 
     @app.middleware("http")
     async def safety_headers(request: Request, call_next):
@@ -119,6 +126,13 @@ def create_app(service: SearchService, api_key: str | None = None):
         response.headers["X-Content-Type-Options"] = "nosniff"
         response.headers["Content-Security-Policy"] = "default-src 'self'; img-src 'self' blob: data:; frame-ancestors 'none'"
         return response
+
+
+def _add_error_handlers(app) -> None:
+    """Every refusal as ``{"error": "<one line>"}`` with its 4xx status."""
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse
+    from starlette.exceptions import HTTPException as StarletteHTTPException
 
     @app.exception_handler(ServiceError)
     async def service_error(request, err: ServiceError):
@@ -133,15 +147,28 @@ def create_app(service: SearchService, api_key: str | None = None):
     async def http_error(request, err: StarletteHTTPException):
         return JSONResponse({"error": str(err.detail)}, status_code=err.status_code, headers=getattr(err, "headers", None))
 
+
+def _key_check(api_key: str | None):
+    """A dependency refusing requests without the right ``X-API-Key`` (constant-time comparison)."""
+    from fastapi import Header
+
+    expected = None if api_key is None else api_key.encode("utf-8", "surrogateescape")
+
     def check_key(x_api_key: str | None = Header(None, description="the API key, when the service has one")):
-        if api_key is None:
+        if expected is None:
             return
         if x_api_key is None:
             raise ServiceError(401, "this service needs an API key in the X-API-Key header")
-        if not hmac.compare_digest(x_api_key.encode("utf-8", "surrogateescape"), api_key.encode("utf-8", "surrogateescape")):
+        if not hmac.compare_digest(x_api_key.encode("utf-8", "surrogateescape"), expected):
             raise ServiceError(401, "wrong API key in the X-API-Key header")
 
-    keyed = [Depends(check_key)]
+    return check_key
+
+
+def _add_page(app, service: SearchService) -> None:
+    """``/`` and ``/static`` (open), ``/health`` (open)."""
+    from fastapi.responses import FileResponse
+    from fastapi.staticfiles import StaticFiles
 
     @app.get("/", include_in_schema=False)
     def page():
@@ -152,6 +179,13 @@ def create_app(service: SearchService, api_key: str | None = None):
     @app.get("/health", summary="liveness (no API key needed)")
     def health():
         return {"status": "ok", "count": len(service.index)}
+
+
+def _add_search(app, service: SearchService, keyed: list) -> None:
+    """``GET /info`` and ``POST /search``."""
+    from fastapi import File, Form, UploadFile
+
+    limits = service.limits
 
     @app.get("/info", dependencies=keyed, summary="model, model card, index size and dimension, limits")
     def info():
@@ -175,6 +209,14 @@ def create_app(service: SearchService, api_key: str | None = None):
         return service.search(image, id, topk=topk, rerank=rerank, camids=_int_list(camids, "camids"),
                               exclude_camids=_int_list(exclude_camids, "exclude_camids"),
                               exclude_own_camera=exclude_own_camera, query_camid=camid, query_pid=pid)
+
+
+def _add_gallery(app, service: SearchService, keyed: list) -> None:
+    """``GET /gallery``, ``GET /thumb/{id}`` and ``POST /gallery``."""
+    from fastapi import File, Form, Query, UploadFile
+    from fastapi.responses import Response
+
+    limits = service.limits
 
     @app.get("/gallery", dependencies=keyed, summary="a page of gallery entries in id order, filtered")
     def gallery(
@@ -207,5 +249,3 @@ def create_app(service: SearchService, api_key: str | None = None):
             raise ServiceError(400, f"{len(files)} files in one request; the limit is {limits.max_files}")
         uploads = [f.file.read(limits.max_upload_bytes + 1) for f in files]
         return service.add(uploads, pid=pid, camid=camid, timestamp=timestamp, track_id=track_id, tag=tag)
-
-    return app
