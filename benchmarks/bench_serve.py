@@ -73,10 +73,11 @@ def build_index(args) -> Path:
         cfg.data.height, cfg.data.width = args.input_size
     manifest = _manifest(model, cfg, _source_of(margs))
     name = Path(args.checkpoint or args.model).stem
-    folder = Path(args.index_dir or f"/tmp/reidkit-bench-serve/{name}-{cfg.data.height}x{cfg.data.width}-{args.entries}")
+    default = f"/tmp/reidkit-bench-serve/{name}-{cfg.data.height}x{cfg.data.width}-{args.kind}-{args.entries}"
+    folder = Path(args.index_dir or default)
     try:
         with GalleryIndex.open(folder, expect_model=manifest) as index:
-            if len(index) == args.entries:
+            if len(index) == args.entries and index.kind == args.kind:
                 print(f"reusing {folder} ({len(index)} entries)")
                 return folder
     except GalleryIndexError:

@@ -130,7 +130,8 @@ def add_parsers(sub) -> None:
     p.add_argument("--backend", choices=("auto", "torch", "onnxruntime"),
                    help="inference backend (default auto: onnxruntime on CPU when installed and equal to torch)")
     p.add_argument("--threads", type=positive_int,
-                   help="CPU threads for embedding and searching (default: one per core)")
+                   help="CPU threads for embedding and searching (default: one per core; on 2 cores, 1 serves more "
+                        "requests/s: benchmarks/bench_serve.py)")
     p.add_argument("--force", action="store_true", help="accept a model other than the one that built the index")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1, this machine only)")
     p.add_argument("--port", type=_port, default=8000, help="TCP port (0 picks a free one)")
