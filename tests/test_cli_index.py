@@ -63,3 +63,40 @@ def test_bad_index_inputs(tiny_run, gallery, tmp_path, capsys):
         assert len(err) == 1 and culprit in err[0], (argv, err)
     assert sorted(p.name for p in (tmp_path / "idx").iterdir()) == before  # untouched
     assert not (tmp_path / "y").exists()  # a failed build leaves nothing
+
+
+def test_interrupted_build_leaves_nothing_and_the_next_build_runs(tiny_run, gallery, tmp_path, monkeypatch):
+    """A build killed half-way (after its first commit) leaves no index, empty or not, at
+    --output; the hidden folder it built in is removed by the next build, which succeeds."""
+    import reidkit.cli.index as cli_index
+
+    ck, idx = str(tiny_run / "last.pt"), tmp_path / "idx"
+    real = cli_index._add_in_chunks
+
+    def add_then_die(index, *args, **kwargs):
+        real(index, *args, **kwargs)  # entries committed to the staging index
+        raise KeyboardInterrupt("killed")
+
+    monkeypatch.setattr(cli_index, "_add_in_chunks", add_then_die)
+    assert main(["index", "build", "--checkpoint", ck, "--images", str(gallery), "--output", str(idx)]) == 130
+    assert not idx.exists() and not list(tmp_path.glob(".idx.*"))
+    # what a kill -9 leaves (no clean-up ran): a hidden staging folder, never the target
+    (tmp_path / ".idx.building-deadbeef").mkdir()
+    monkeypatch.setattr(cli_index, "_add_in_chunks", real)
+    assert main(["index", "build", "--checkpoint", ck, "--images", str(gallery), "--output", str(idx)]) == 0
+    assert not list(tmp_path.glob(".idx.*")) and (idx / "manifest.json").is_file()
+
+
+def test_build_skips_unreadable_images_when_asked(tiny_run, gallery, tmp_path, capsys):
+    import shutil
+
+    folder = tmp_path / "imgs"
+    shutil.copytree(gallery, folder)
+    (folder / "0009_c1_bad.png").write_bytes(b"not a png")
+    ck, idx = str(tiny_run / "last.pt"), str(tmp_path / "idx")
+    assert main(["index", "build", "--checkpoint", ck, "--images", str(folder), "--output", idx]) == 2
+    assert "0009_c1_bad.png" in capsys.readouterr().err
+    assert main(["index", "build", "--checkpoint", ck, "--images", str(folder), "--output", idx,
+                 "--set", "data.skip_unreadable=true"]) == 0
+    captured = capsys.readouterr()
+    assert "12 images" in captured.out and "0009_c1_bad.png" in captured.err

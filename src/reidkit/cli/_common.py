@@ -271,3 +271,32 @@ def transform_for(cfg):
     from ..data.transforms import TransformConfig, build_transforms
 
     return build_transforms(TransformConfig(height=cfg.data.height, width=cfg.data.width), train=False)
+
+
+def readable_images(paths: list[str], skip: bool, what: str, load_image=None) -> list[str]:
+    """``paths`` whose images decode. An unreadable one raises (its path in the message), or,
+    when ``skip`` (``data.skip_unreadable``), is dropped with one warning listing them all.
+
+    Raises:
+        ImageReadError: an image does not decode and ``skip`` is off.
+        UsageError: ``skip`` left no image.
+    """
+    import warnings
+
+    from ..data import ImageReadError, read_image
+
+    load = load_image or read_image
+    good, bad = [], []
+    for path in paths:
+        try:
+            load(path)
+            good.append(path)
+        except ImageReadError as err:
+            if not skip:
+                raise
+            bad.append(err.path)
+    if bad:
+        warnings.warn(f"{what}: skipping {len(bad)} unreadable image(s): {', '.join(bad)}", stacklevel=2)
+    if not good:
+        raise UsageError(f"{what}: no readable image left")
+    return good

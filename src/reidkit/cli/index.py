@@ -8,7 +8,9 @@ model is refused unless ``--force`` (the manifest's weights sha256 would not mat
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +25,7 @@ from ._common import (
     list_images,
     load_model_and_config,
     positive_int,
+    readable_images,
 )
 
 MARKET_NAMES = r"^(?P<pid>-?\d+)_c(?P<camid>\d+)"
@@ -104,6 +107,13 @@ def cmd_index_build(args) -> int:
     if bool(args.images) == bool(args.dataset):
         raise UsageError("give --images DIR (with --pattern) or --dataset NAME --root DIR, one of them")
     params = _params(args.param)
+    from ..fileio import ensure_writable_dir
+    from ..index.store import check_new_folder, fsync_path
+
+    target = Path(args.output)
+    check_new_folder(target)  # before the model loads: a bad --output is one line, at once
+    ensure_writable_dir(target.absolute().parent, f"folder of --output {args.output!r}")
+    staging = _staging_folder(target)
     model, cfg = load_model_and_config(args)
     run_on = device(args)
     load_image = None
@@ -120,33 +130,38 @@ def cmd_index_build(args) -> int:
         entries = [EntryMeta(path=s.img_path, pid=original.get(s.img_path, s.pid), camid=s.camid,
                              tag=dataset.name) for s in samples]
         load_image = dataset.load_image
+    if cfg.data.skip_unreadable:
+        keep = set(readable_images(paths, True, "--images" if args.images else "--dataset", load_image))
+        entries = [e for p, e in zip(paths, entries) if p in keep]
+        paths = [p for p in paths if p in keep]
     dim = _embed_paths(model, paths[:1], cfg, run_on, load_image, progress=False).shape[1]
-    index = GalleryIndex.create(args.output, dim=dim, manifest=_manifest(model, cfg, _source_of(args)),
+    # built whole in a hidden sibling and renamed into place: a kill -9 or an error at any
+    # moment leaves no index (and no empty one that would block the next build)
+    building = staging
+    index = GalleryIndex.create(building, dim=dim, manifest=_manifest(model, cfg, _source_of(args)),
                                 kind=args.kind, **params)
     try:
-        count = _add_in_chunks(index, model, cfg, run_on, paths, entries, load_image)
+        with index:
+            count = _add_in_chunks(index, model, cfg, run_on, paths, entries, load_image)
+            described = index.manifest.describe()
+        check_new_folder(target)
+        os.replace(building, target)
+        fsync_path(target.absolute().parent)
     except BaseException:
-        index.close()
-        _remove_empty_index(args.output)
+        shutil.rmtree(building, ignore_errors=True)
         raise
-    print(f"built {args.output}: {count} images, {args.kind}, dim {dim}, model {index.manifest.describe()}")
-    index.close()
+    print(f"built {args.output}: {count} images, {args.kind}, dim {dim}, model {described}")
     return 0
 
 
-def _remove_empty_index(folder: str) -> None:
-    """A build that failed before its first commit leaves an empty index: remove it."""
-    import shutil
+def _staging_folder(target: Path) -> Path:
+    """A fresh hidden sibling of ``target`` to build in; those of killed builds are removed."""
+    import uuid
 
-    from ..index import GalleryIndex
-
-    try:
-        with GalleryIndex.open(folder) as index:
-            empty = len(index) == 0
-    except Exception:
-        return
-    if empty:
-        shutil.rmtree(folder, ignore_errors=True)
+    parent = target.absolute().parent
+    for stale in parent.glob(f".{target.name}.building-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    return parent / f".{target.name}.building-{uuid.uuid4().hex[:8]}"
 
 
 def _params(items) -> dict:
@@ -192,7 +207,7 @@ def _open_for_model(args, **search_params):
 
 def cmd_index_add(args) -> int:
     index, model, cfg = _open_for_model(args)
-    paths = list_images(args.images, "--images")
+    paths = readable_images(list_images(args.images, "--images"), cfg.data.skip_unreadable, "--images")
     with index:
         count = _add_in_chunks(index, model, cfg, device(args), paths,
                                _entries_from_names(paths, args.pattern, args.camid_base))

@@ -18,31 +18,11 @@ from ._common import (
     name_pattern,
     output_file,
     positive_int,
+    readable_images,
     transform_for,
 )
 
 PICTURE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
-
-
-def _readable(paths: list[str], skip: bool) -> list[str]:
-    """``paths`` whose images decode; unreadable ones raise, or are dropped with a warning when
-    ``skip`` (``data.skip_unreadable``)."""
-    from ..data import ImageReadError, read_image
-
-    good, bad = [], []
-    for path in paths:
-        try:
-            read_image(path)
-            good.append(path)
-        except ImageReadError as err:
-            if not skip:
-                raise
-            bad.append(err.path)
-    if bad:
-        warnings.warn(f"skipping {len(bad)} unreadable gallery image(s): {', '.join(bad)}", stacklevel=2)
-    if not good:
-        raise UsageError("--gallery: no readable image left")
-    return good
 
 
 def _embed(model, paths: list[str], cfg, run_on) -> torch.Tensor:
@@ -81,7 +61,7 @@ def cmd_search(args) -> int:
     queries = list(args.query)
     for path in queries:
         read_image(path)  # a bad query is an error naming it, before the gallery is embedded
-    gallery = _readable(list_images(args.gallery), cfg.data.skip_unreadable)
+    gallery = readable_images(list_images(args.gallery), cfg.data.skip_unreadable, "--gallery")
     feats = _embed(model, queries + gallery, cfg, run_on)
     qf, gf = prepare_features(feats[: len(queries)], feats[len(queries) :], cfg)
     dist = query_gallery_distances(qf, gf, cfg)  # (Q, G), smaller is closer
