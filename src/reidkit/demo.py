@@ -17,6 +17,7 @@ from .engine.config import apply_overrides, config_from_dict, parse_yaml
 from .engine.evaluate import evaluate_features, extract_split
 from .engine.trainer import Trainer
 from .evaluation import compute_distance_matrix
+from .fileio import atomic_write_text
 from .models import create_model
 from .visualize import ranked_list_grid
 
@@ -65,17 +66,20 @@ def draw_ranked_lists(model, dataset, cfg, device, path, num_queries: int = 4, t
 
 
 def run_demo(
-    output: str | Path = "runs/demo", minutes: float | None = None, overrides: list[str] | None = None, log=print
+    output: str | Path = "runs/demo", minutes: float | None = None, overrides: list[str] | None = None, log=print,
+    overwrite: bool = False,
 ) -> dict:
     """Evaluate untrained, train, evaluate trained; write ``demo.json`` and ``ranked_lists.png``.
+
+    A folder holding ``last.pt`` is resumed; ``overwrite`` replaces the run files of a folder.
 
     Returns:
         ``{"untrained": metrics, "trained": metrics}`` with fractions in [0, 1].
     """
     cfg = demo_config(minutes, overrides)
     output = Path(output)
-    resume = (output / "last.pt").exists()
-    trainer = Trainer(cfg, output, resume=resume, log=log)
+    resume = (output / "last.pt").exists() and not overwrite
+    trainer = Trainer(cfg, output, resume=resume, overwrite=overwrite, log=log)
     eval_ds = trainer.eval_ds
     untrained = create_model(cfg.model.name, num_classes=0, **cfg.model.kwargs)
     before = evaluate_features(
@@ -86,7 +90,7 @@ def run_demo(
     after = trainer.fit()
     picture = draw_ranked_lists(trainer.model, eval_ds, cfg, trainer.device, output / "ranked_lists.png")
     summary = {"untrained": before, "trained": after}
-    (output / "demo.json").write_text(json.dumps(summary, indent=2))
+    atomic_write_text(output / "demo.json", json.dumps(summary, indent=2))
     log("\n              rank-1   rank-5   mAP     mINP")
     for name, m in summary.items():
         log(f"  {name:<10} {100 * m['rank1']:6.2f}%  {100 * m['rank5']:6.2f}%  {100 * m['mAP']:6.2f}%  {100 * m['mINP']:6.2f}%")

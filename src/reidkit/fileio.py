@@ -97,6 +97,7 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
     except OSError as err:
         raise OutputError(f"cannot write {str(path)!r}: {_describe(err)}") from None
     try:
+        os.chmod(tmp, _mode_for(path))  # mkstemp makes 0600; the result gets what a plain open() would give
         with os.fdopen(fd, "wb") as handle:
             write(handle)
             handle.flush()
@@ -110,6 +111,27 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
             raise OutputError(f"cannot write {str(path)!r}: {_describe(err)}") from None
         raise
     return path
+
+
+def _mode_for(path: Path) -> int:
+    """The permission bits of the file being replaced, else ``0o666`` less the process umask."""
+    try:
+        return path.stat().st_mode & 0o7777
+    except OSError:
+        return 0o666 & ~_umask()
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where Linux allows (``os.umask`` must set
+    it to read it, which a thread creating a file at that moment would see)."""
+    with contextlib.suppress(OSError, ValueError):
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return umask
 
 
 def _fsync_folder(folder: Path) -> None:

@@ -56,6 +56,10 @@ def _commands(ckpt, tmp_path):
         "search": ["search", "--checkpoint", ckpt, "--gallery", str(gallery), "--query", img,
                    "--output", str(tmp_path / "s.png")],
         "actmap": ["actmap", "--checkpoint", ckpt, "--images", img, "--output", str(tmp_path / "a.png")],
+        "export": ["export", "--checkpoint", ckpt, "--output", str(tmp_path / "m.onnx")],
+        "index build": ["index", "build", "--checkpoint", ckpt, "--images", str(gallery),
+                        "--output", str(tmp_path / "idx")],
+        "compare": ["compare", ckpt, ckpt],
     }
 
 
@@ -143,3 +147,21 @@ def test_foreign_and_corrupt_files_are_clear_errors(tmp_path, tiny_run):
     torch.save(state, tmp_path / "model_only.pt")
     with pytest.raises(CheckpointError, match="no training state"):
         load_checkpoint(tmp_path / "model_only.pt", for_resume=True)
+
+
+def test_paul_source_checkpoint_payload_is_refused(crafted, tmp_path, capsys):
+    """PAUL's target stage reads the source stage's checkpoint (method.options.source_checkpoint)."""
+    import yaml
+
+    from reidkit_testing import TINY_RUN
+
+    marker, poisoned, _ = crafted
+    cfg = {**TINY_RUN, "model": {"name": "paul_mobilenet_v2", "kwargs": {"num_patches": 2, "patch_dim": 8}},
+           "method": {"name": "paul", "options": {"source_checkpoint": str(poisoned)}},
+           "data": {**TINY_RUN["data"], "sampler": "random", "batch_size": 8}}
+    config = tmp_path / "paul.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    assert main(["train", str(config), "--output", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(poisoned) in err, err
+    assert not marker.exists()

@@ -1,6 +1,6 @@
 """The ``reidkit`` command line. ``main(argv)`` runs in-process (tests call it directly).
 
-Subcommands: ``train``, ``eval``, ``extract``, ``search``, ``actmap``, ``export``,
+Subcommands: ``train``, ``splits``, ``eval``, ``extract``, ``search``, ``actmap``, ``export``,
 ``index`` (``build``, ``add``, ``remove``, ``info``), ``models``, ``datasets``, ``demo``.
 
 Every failure the user can cause ends in one line on stderr, ``reidkit <command>: error:
@@ -15,10 +15,10 @@ import os
 import sys
 import warnings
 
-from . import evaluate, export, index, report, search, serve, train
+from . import evaluate, export, index, report, search, serve, splits, train
 from ._common import Parser, UsageError
 
-_SUBCOMMANDS = (train, evaluate, search, export, index, serve, report)
+_SUBCOMMANDS = (train, splits, evaluate, search, export, index, serve, report)
 
 
 def cmd_models(args) -> int:

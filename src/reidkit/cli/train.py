@@ -47,7 +47,7 @@ def _launch(args) -> int:
 def cmd_demo(args) -> int:
     from ..demo import run_demo
 
-    run_demo(args.output, minutes=args.minutes)
+    run_demo(args.output, minutes=args.minutes, overwrite=args.overwrite)
     return 0
 
 
@@ -67,4 +67,5 @@ def add_parsers(sub) -> None:
     p = sub.add_parser("demo", help="train briefly on the synthetic dataset, evaluate, draw a ranked list")
     p.add_argument("--output", default="runs/demo", help="run directory (resumed when it holds last.pt)")
     p.add_argument("--minutes", type=positive_float, default=None, help="training budget (default: the recipe's)")
+    p.add_argument("--overwrite", action="store_true", help="replace the run files already in --output")
     p.set_defaults(func=cmd_demo)

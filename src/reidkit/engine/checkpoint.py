@@ -17,6 +17,8 @@ file's pickle opcodes (which executes nothing) has shown that nothing else is re
 
 from __future__ import annotations
 
+import io
+
 import pickle
 import zipfile
 from pathlib import Path
@@ -51,7 +53,12 @@ def atomic_save(obj: Any, path: str | Path) -> None:
         reidkit.fileio.OutputError: the folder is not writable or the disk is full (the old
             file is unchanged, no temporary file is left).
     """
-    atomic_write(path, lambda handle: torch.save(obj, handle))
+    # serialised in memory first: torch's zip writer reports a full disk as a RuntimeError
+    # ("unexpected pos ...") naming nothing; a plain write() raises OSError(ENOSPC) instead,
+    # which atomic_write turns into one line naming the path
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    atomic_write(path, lambda handle: handle.write(buffer.getbuffer()))
 
 
 def load_checkpoint(path: str | Path, for_resume: bool = False) -> dict:
