@@ -79,7 +79,7 @@ def cmd_splits(args) -> int:
     ids = parse_split_ids(args.splits)
     cfg = load_config(args.config, args.set)  # a bad recipe fails before any training
     if "split_id" in (cfg.data.options or {}):
-        raise UsageError(f"{args.config}: data.options.split_id is set; reidkit splits sets it per split (drop it)")
+        print(f"{args.config}: data.options.split_id={cfg.data.options['split_id']} is replaced by each split's id")
     out = Path(args.output)
     ensure_writable_dir(out)
     with_eval = bool(cfg.data.eval_name)
