@@ -117,3 +117,36 @@ def test_eval_ranking_options(run_dir, capsys):
     assert results["single"]["repeats"] == 3 and "rank1" in results["single"]["std"]
     for name in ("rerank", "aqe", "flip", "single"):
         assert results[name]["mAP"] != results["plain"]["mAP"], name
+
+
+class _Payload:
+    """Unpickling this would create ``marker``: it must never happen."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def test_pickle_payload_as_pretrained_is_one_line_and_never_runs(tmp_path, capsys):
+    import pickle
+
+    marker, evil = tmp_path / "ran", tmp_path / "evil.pth"
+    evil.write_bytes(pickle.dumps(_Payload(marker)))  # protocol 4/5, as pickle.dumps writes
+    assert main(["eval", "--model", "osnet_x0_25", "--pretrained", str(evil), "--dataset", "synthetic"]) == 2
+    err = capsys.readouterr().err
+    assert not marker.exists()
+    assert len(err.strip().splitlines()) == 1, err  # no torch "Detected pickle protocol" warning line
+    assert "evil.pth" in err and "a plain pickle, not written by torch.save" in err and "opcode" not in err
+
+
+def test_export_check_dataset_is_the_dataset_flag(tmp_path):
+    from reidkit.cli import build_parser
+
+    def parse(*extra):
+        return build_parser().parse_args(["export", "--model", "osnet_x0_25", "--output", str(tmp_path / "m.onnx"), *extra])
+
+    assert parse("--check-dataset", "synthetic").dataset == "synthetic"
+    assert parse("--dataset", "synthetic").dataset == "synthetic"
+    assert parse().dataset is None

@@ -145,6 +145,24 @@ def test_torchreid_resnet50_is_rebuilt_as_torchreids_architecture(tmp_path):
     torch.testing.assert_close(chosen.backbone.conv1.weight, src.backbone.conv1.weight)
 
 
+def test_resnet50_trunk_without_classifier_warns_with_both_readings(tmp_path, recwarn):
+    """torchreid's resnet50 saved without its classifier has torchvision's trunk keys: the
+    default reading (reidkit's, last stride 1) is named in one warning with how to choose."""
+    src = randomise(create_model("resnet50", num_classes=0, last_stride=2, head="pool"))
+    path = tmp_path / "resnet50_no_classifier.pth"
+    torch.save(torchreid_state(src, "resnet50"), path)  # num_classes=0: no classifier keys
+    default = create_model("resnet50", pretrained=path)
+    [warning] = [str(w.message) for w in recwarn if "ResNet-50 trunk" in str(w.message)]
+    assert "\n" not in warning and "resnet50_no_classifier.pth" in warning
+    assert "last stride 1, new BNNeck head" in warning and "last_stride=2, head='pool'" in warning
+    assert "model.kwargs.last_stride=2" in warning
+    assert default.backbone.layer4[0].conv2.stride == (1, 1)
+    recwarn.clear()
+    chosen = create_model("resnet50", pretrained=path, last_stride=2, head="pool")
+    assert [w for w in recwarn if "ResNet-50 trunk" in str(w.message)] == []  # an explicit choice: silent
+    torch.testing.assert_close(embed(chosen), embed(src), rtol=0, atol=0)
+
+
 def test_torchreid_file_into_a_bare_backbone_skips_the_head(tmp_path):
     src = randomise(create_model("osnet_x0_25", num_classes=5))
     path = tmp_path / "zoo.pth"
@@ -251,14 +269,14 @@ class Payload:
         return (open, (str(self.marker), "w"))
 
 
-@pytest.mark.parametrize("writer", ["torch", "pickle"])
-def test_pickle_payload_is_refused_without_running(tmp_path, writer):
+@pytest.mark.parametrize("writer", ["torch", "pickle", "bare pickle"])
+def test_pickle_payload_is_refused_without_running(tmp_path, writer, recwarn):
     marker, path = tmp_path / "ran", tmp_path / "evil.pth"
     obj = {"conv1.conv.weight": torch.zeros(1), "x": Payload(marker)}
     if writer == "torch":
         torch.save(obj, path)
-    else:
-        path.write_bytes(pickle.dumps(obj))
+    else:  # pickle.dumps: protocol 4/5 frames, which torch's weights-only unpickler refuses first
+        path.write_bytes(pickle.dumps(obj if writer == "pickle" else Payload(marker)))
     with pytest.raises(WeightsError) as err:
         create_model("osnet_x0_25", pretrained=path)
     text = one_line(err)
@@ -267,6 +285,16 @@ def test_pickle_payload_is_refused_without_running(tmp_path, writer):
     assert "not a plain tensor file" in text or "not a torch weights file" in text
     if writer == "torch":
         assert "pickled Python objects" in text and "never executes" in text
+    else:  # a valid pickle: not described as bytes that are no pickle, and torch's warning is silenced
+        assert "a plain pickle, not written by torch.save" in text and "opcode" not in text
+        assert [str(w.message) for w in recwarn if "pickle protocol" in str(w.message)] == []
+
+
+def test_bytes_that_are_no_pickle_are_named_so(tmp_path):
+    path = tmp_path / "junk.pth"
+    path.write_bytes(bytes([0x95, 0xFF]) * 8)  # FRAME, then a byte that is no pickle opcode
+    with pytest.raises(WeightsError, match=r"junk.pth' is not a torch weights file \(bytes that are not a pickle"):
+        read_weights(path)
 
 
 def test_unreadable_files(tmp_path):

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import pickletools
 import re
 import warnings
 from collections.abc import Callable, Mapping
@@ -115,11 +116,16 @@ def read_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
 
 def _safe_load(path: str):
-    """``torch.load(weights_only=True)``, allowing NumPy scalars and nothing else."""
+    """``torch.load(weights_only=True)``, allowing NumPy scalars and nothing else.
+
+    torch's warning about a pickle protocol above 2 (a file written by ``pickle.dump``) is
+    silenced: such a file is refused with one :class:`WeightsError` line instead.
+    """
     allowed: list = []
     while True:
         try:
-            with torch.serialization.safe_globals(allowed):
+            with torch.serialization.safe_globals(allowed), warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="Detected pickle protocol")
                 return torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as err:
             name = _refused_global(err)
@@ -160,13 +166,31 @@ def _numpy_scalar_global(name: str):
 def _refusal(path: str, err: Exception, name: str | None) -> str:
     text = str(err)
     if name is None and ("Weights only load failed" not in text or "Unsupported operand" in text):
-        reason = "bytes that are not a pickle opcode" if "Unsupported operand" in text else _reason(err)
+        if "Unsupported operand" not in text:
+            reason = _reason(err)
+        elif _is_pickle(path):  # e.g. pickle.dump's protocol 4/5 frames, which torch never writes
+            reason = "a plain pickle, not written by torch.save: the weights-only loader refuses it, nothing in it runs"
+        else:
+            reason = "bytes that are not a pickle opcode"
         return f"weights file {path!r} is not a torch weights file ({reason})"
     what = f" ({name})" if name else ""
     return (
         f"weights file {path!r} is not a plain tensor file (torch.load(weights_only=True) refused "
         f"it: it holds pickled Python objects{what}, which reidkit never executes)"
     )
+
+
+def _is_pickle(path: str, max_opcodes: int = 1_000_000) -> bool:
+    """Whether ``path`` parses as a pickle stream, read with :func:`pickletools.genops`, which
+    decodes opcodes and never builds an object (so nothing in the file runs)."""
+    try:
+        with open(path, "rb") as handle:
+            for count, (opcode, _, _) in enumerate(pickletools.genops(handle)):
+                if opcode.name == "STOP" or count >= max_opcodes:
+                    return True
+    except Exception:  # genops raises ValueError for an unknown opcode, others for truncation
+        return False
+    return False
 
 
 def _reason(err: Exception) -> str:
