@@ -8,6 +8,7 @@ ReID", CVPRW 2019), ``"bn_fc_relu"``, the 512-d head of the AMSFL baseline (seed
 from __future__ import annotations
 
 import os
+import warnings
 
 import torchvision
 from torch import Tensor, nn
@@ -72,6 +73,21 @@ class PoolHead(nn.Module):
         return pooled, pooled, logits
 
 
+_BARE_TRUNK = (
+    "weights file {!r} holds a bare ResNet-50 trunk (no classifier, fc or head), read as reidkit's "
+    "resnet50 (last stride 1, new BNNeck head); if it is torchreid's resnet50 saved without its "
+    "classifier, pass last_stride=2, head='pool' (config: model.kwargs.last_stride=2, "
+    "model.kwargs.head=pool) for torchreid's embeddings; giving either silences this"
+)
+
+
+def _bare_trunk(state) -> bool:
+    """The state dict is a ResNet-50 trunk and nothing else (torchvision, reidkit or torchreid)."""
+    trunk = ("conv1.", "bn1.", "layer1.", "layer2.", "layer3.", "layer4.")
+    keys = [k.removeprefix("backbone.") for k in state]
+    return "layer4.2.conv3.weight" in keys and all(k.startswith(trunk) for k in keys)
+
+
 def _torchvision_resnet50_state() -> dict:
     weights = torchvision.models.ResNet50_Weights.IMAGENET1K_V1
     return weights.get_state_dict(progress=True)
@@ -91,6 +107,13 @@ def resnet50(
     rebuilt as torchreid's architecture unless ``last_stride`` / ``head`` say otherwise: last
     stride 2 and the ``"pool"`` head, so the embedding is torchreid's test-time feature.
 
+    A file that holds the bare trunk (``conv1`` .. ``layer4``, no ``classifier``, ``fc`` or head
+    tensors) cannot be told apart by its keys: it is torchvision's and reidkit's backbone layout,
+    and also torchreid's ``resnet50`` saved without its classifier. It loads as reidkit's
+    default (last stride 1, a new BNNeck head) and, unless ``last_stride`` or ``head`` is given,
+    warns in one line: a torchreid file needs ``last_stride=2, head="pool"`` (in a config,
+    ``model.kwargs: {last_stride: 2, head: pool}``) to give torchreid's embeddings.
+
     Args:
         num_classes: training identities (0: no classifier).
         pretrained: ``None``, ``True`` (torchvision ImageNet weights into the backbone) or a local
@@ -109,6 +132,8 @@ def resnet50(
     """
     state = read_weights(pretrained) if is_weights_path(pretrained) else None
     from_torchreid = state is not None and _torchreid.identify(state) == ("resnet", "resnet50")
+    if state is not None and last_stride is None and head is None and _bare_trunk(state):
+        warnings.warn(_BARE_TRUNK.format(os.fspath(pretrained)), stacklevel=3)
     if last_stride is None:
         last_stride = 2 if from_torchreid else 1
     if head is None:
