@@ -195,3 +195,35 @@ def test_export_registered_model(tmp_path):
     assert report.metadata["model_name"] == "mobilenet_v2" and report.metadata["embedding_dim"] == "1280"
     with pytest.raises(KeyError, match="mobilenet_v2"):
         onnx_export.export_registered("no_such_net", tmp_path / "n.onnx")
+
+
+def test_opset_outside_the_exporters_range_is_refused_before_exporting(capfd):
+    from reidkit.inference import convert
+
+    with pytest.raises(ValueError, match=r"opset 99 is outside what torch's torchscript exporter writes \(7 to"):
+        convert.torch_to_onnx(_tiny(), (H, W), opset=99)
+    low, high = convert.supported_opsets()
+    assert 7 <= low < 17 <= high
+    for opset in (high + 1, low - 1):
+        with pytest.raises(ValueError, match=rf"opset {opset} is outside"):
+            convert.torch_to_onnx(_tiny(), (H, W), opset=opset)
+    assert capfd.readouterr().out == ""
+
+
+class _Unexportable(torch.nn.Module):
+    """An embedding through an operator torch's ONNX exporter has no conversion for."""
+
+    def forward(self, x):
+        return torch.linalg.svdvals(x.mean(1))  # (B, min(H, W))
+
+
+def test_a_failing_export_prints_nothing_on_stdout(capfd):
+    import ctypes
+
+    from reidkit.inference.convert import torch_to_onnx
+
+    with pytest.raises(RuntimeError, match="ONNX export of _Unexportable"):
+        torch_to_onnx(_Unexportable(), (H, W))
+    ctypes.CDLL(None).fflush(None)  # what torch's C++ log still buffers would reach the descriptor now
+    assert capfd.readouterr().out == ""  # torch prints the whole TorchScript IR graph here otherwise
+    assert not torch._C._jit_is_onnx_log_enabled()  # torch leaves its ONNX log on; reidkit turns it off

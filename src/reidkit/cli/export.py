@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+
 from ._common import (
     UsageError,
     add_dataset_args,
@@ -27,7 +29,7 @@ def cmd_export(args) -> int:
     if args.calibration and not args.int8:
         raise UsageError("--calibration goes with --int8")
     if args.dataset and not args.int8:
-        raise UsageError("--dataset (the rank-1 / mAP check) goes with --int8")
+        raise UsageError("--check-dataset / --dataset (the rank-1 / mAP check) goes with --int8")
     if args.dynamic_batch and args.batch_size:
         raise UsageError("give --dynamic-batch or --batch-size N, not both")
     model, cfg = load_model_and_config(args)
@@ -47,11 +49,25 @@ def cmd_export(args) -> int:
     return 0
 
 
+def opset_version(text: str) -> int:
+    """argparse type: an ONNX opset the installed torch exporter writes (checked before exporting)."""
+    from ..inference.convert import supported_opsets
+
+    value = positive_int(text)
+    low, high = supported_opsets("torchscript")
+    if not low <= value <= high:
+        raise argparse.ArgumentTypeError(f"{value} is not an opset this torch exports to (it writes {low} to {high})")
+    return value
+
+
 def add_parsers(sub) -> None:
     p = sub.add_parser("export", help="export a checkpoint or registered model to ONNX (with a parity check)")
     add_model_args(p, extraction=False)
     p.add_argument("--output", required=True, type=output_file(".onnx"), help=".onnx file to write")
-    p.add_argument("--opset", type=positive_int, help="ONNX opset (default 17, or what an operator needs)")
+    p.add_argument(
+        "--opset", type=opset_version,
+        help="ONNX opset (default 17, or what an operator needs; one the installed torch exporter writes)",
+    )
     p.add_argument("--dynamic-batch", action="store_true", help="a dynamic batch dimension (default: fixed)")
     p.add_argument("--batch-size", type=positive_int, help="the fixed batch size (default 1)")
     p.add_argument("--fp16", action="store_true", help="float16 weights and activations (cosine >= 0.999 required)")
@@ -60,4 +76,8 @@ def add_parsers(sub) -> None:
     p.add_argument("--check-images", help="folder of images for the parity check (default: synthetic images)")
     p.add_argument("--l2-normalize", action="store_true", help="L2-normalise the output inside the graph")
     add_dataset_args(p)  # --dataset: with --int8, print the rank-1 and mAP change on it
+    p.add_argument(
+        "--check-dataset", dest="dataset", default=argparse.SUPPRESS, metavar="DATASET",
+        help="with --int8: the dataset to print the rank-1 and mAP change on (same as --dataset)",
+    )
     p.set_defaults(func=cmd_export)

@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import re
+import sys
+import threading
 import warnings
 
 import torch
@@ -21,6 +24,29 @@ from torch import Tensor, nn
 DEFAULT_OPSET = 17
 INPUT_NAME = "images"
 OUTPUT_NAME = "embeddings"
+_STDOUT_LOCK = threading.RLock()  # one export at a time points file descriptor 1 elsewhere
+
+
+def supported_opsets(exporter: str = "torchscript") -> tuple[int, int]:
+    """``(lowest, highest)`` ONNX opset the installed torch exporter writes and onnx knows.
+
+    With torch 2.14 and onnx 1.23: ``(7, 20)`` for ``"torchscript"``, ``(7, 23)`` for
+    ``"dynamo"`` (torch's own bounds, read from ``torch.onnx._constants``).
+    """
+    import importlib
+
+    import onnx
+
+    try:
+        limits = importlib.import_module("torch.onnx._constants")
+    except ImportError:  # a torch that moved them: the bounds of torch 2.14
+        limits = None
+    low = getattr(limits, "ONNX_MIN_OPSET", 7)
+    if exporter == "torchscript":
+        high = getattr(limits, "ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET", 20)
+    else:
+        high = getattr(limits, "ONNX_MAX_OPSET", 23)
+    return low, min(high, onnx.defs.onnx_opset_version())
 
 
 class _Normalized(nn.Module):
@@ -61,14 +87,17 @@ def torch_to_onnx(
         ``onnx.ModelProto``.
 
     Raises:
-        ValueError: unknown ``exporter`` or a bad ``input_size``/``batch_size``.
-        RuntimeError: the exporter failed (the message names the model class).
+        ValueError: unknown ``exporter``, an ``opset`` outside :func:`supported_opsets`, or a bad
+            ``input_size``/``batch_size``.
+        RuntimeError: the exporter failed (the message names the model class; the exporter's
+            own output, e.g. the TorchScript IR graph it prints on failure, is suppressed).
     """
     import onnx
 
     height, width = _check_size(input_size)
     if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
         raise ValueError(f"batch_size must be a positive integer or None (dynamic), got {batch_size!r}")
+    _check_opset(opset, exporter)
     model = model.eval()
     net = _Normalized(model) if l2_normalize else model
     example = torch.zeros(batch_size or 2, 3, height, width)
@@ -111,14 +140,74 @@ def _export(net: nn.Module, example: Tensor, buf: io.BytesIO, opset: int, dynami
         raise ValueError(f"exporter must be 'torchscript' or 'dynamo', got {exporter!r}")
 
 
+def _check_opset(opset: int | None, exporter: str) -> None:
+    if opset is None or exporter not in ("torchscript", "dynamo"):
+        return  # an unknown exporter is reported by _export
+    low, high = supported_opsets(exporter)
+    if isinstance(opset, bool) or not isinstance(opset, int) or not low <= opset <= high:
+        raise ValueError(f"opset {opset!r} is outside what torch's {exporter} exporter writes ({low} to {high})")
+
+
 @contextlib.contextmanager
 def _exporting():
     """Grad-free tracing outside ``inference_mode`` (tracing inference tensors fails), quietly."""
-    with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
+    with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings(), _quiet_stdout():
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", UserWarning)
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
         yield
+
+
+@contextlib.contextmanager
+def _quiet_stdout():
+    """Discard what the exporter prints, at the file-descriptor level and in ``sys.stdout``.
+
+    torch's TorchScript exporter switches its C++ ONNX log on (and, a bug in torch 2.14's
+    ``setup_onnx_logging``, never off) and writes the whole IR graph (~1000 lines for OSNet) to
+    the process's stdout when an export fails. While an export runs, file descriptor 1 points at
+    ``/dev/null``, so output of other threads to stdout in that time is lost too; the log is
+    switched off again afterwards.
+    """
+    with _STDOUT_LOCK:
+        saved = _redirect_fd(1)
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):
+                yield
+        finally:
+            _restore_fd(1, saved)
+            if hasattr(torch._C, "_jit_set_onnx_log_enabled"):
+                torch._C._jit_set_onnx_log_enabled(False)
+
+
+def _redirect_fd(fd: int) -> int | None:
+    """Point ``fd`` at ``/dev/null``; its saved copy, or ``None`` when it cannot be done."""
+    try:
+        saved = os.dup(fd)
+    except OSError:
+        return None
+    _flush_c_stdio()
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    os.close(devnull)
+    return saved
+
+
+def _restore_fd(fd: int, saved: int | None) -> None:
+    if saved is None:
+        return
+    _flush_c_stdio()  # C++ output still buffered goes to /dev/null, not to the restored stdout
+    os.dup2(saved, fd)
+    os.close(saved)
+
+
+def _flush_c_stdio() -> None:
+    if sys.stdout is not None:
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+    with contextlib.suppress(Exception):
+        import ctypes
+
+        ctypes.CDLL(None).fflush(None)
 
 
 def _check_size(input_size) -> tuple[int, int]:
