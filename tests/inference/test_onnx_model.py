@@ -103,8 +103,20 @@ def test_model_interface(tiny, tmp_path):
         m(torch.randn(1, 3, 32, 32))
     with pytest.raises(OnnxModelError, match="no training outputs or local features"):
         m.forward_train(torch.randn(1, 3, H, W))
-    bigger = OnnxReIDModel(tmp_path / "m.onnx", input_size=(96, 48))  # the override wins (the graph then refuses)
+    assert OnnxReIDModel(tmp_path / "m.onnx", input_size=(H, W)).input_size == (H, W)  # agrees: accepted
+
+
+def test_input_size_that_contradicts_a_fixed_graph_is_refused_at_load(tiny, tmp_path):
+    export_onnx(tiny, tmp_path / "m.onnx", input_size=(H, W), num_check_images=2)  # fixed 64 x 32 graph
+    with pytest.raises(OnnxModelError, match=r"m.onnx'?: --input-size 96 48 contradicts the graph's fixed input "
+                       r"size 64 x 32 .*--input-size 64 32") as err:
+        OnnxReIDModel(tmp_path / "m.onnx", input_size=(96, 48))
+    assert "\n" not in str(err.value)
+    dynamic = _save(_dynamic_size(torch_to_onnx(tiny, (H, W))), tmp_path / "dynamic.onnx")
+    bigger = OnnxReIDModel(dynamic, input_size=(96, 48), mean=IMAGENET_MEAN, std=IMAGENET_STD)  # dynamic H, W: any
     assert bigger.input_size == (96, 48)
+    with torch.no_grad():
+        assert bigger(torch.randn(1, 3, 96, 48)).shape == (1, 12)
 
 
 def test_missing_and_invalid_files(tmp_path):

@@ -98,7 +98,8 @@ class OnnxReIDModel(nn.Module):
 
     Args:
         path: the ``.onnx`` file.
-        input_size: ``(H, W)`` in pixels; overrides the metadata.
+        input_size: ``(H, W)`` in pixels; overrides the metadata, but not a graph with fixed
+            ``H, W`` (a different size is refused at load; a graph with dynamic ``H, W`` takes any).
         mean: 3 floats in [0, 1] pixel units (network channel order); overrides the metadata.
         std: 3 floats; overrides the metadata.
         bgr: the network takes BGR input (``True``) or RGB (``False``); ``None`` uses the
@@ -118,7 +119,9 @@ class OnnxReIDModel(nn.Module):
     Raises:
         FileNotFoundError: no such file.
         OnnxModelError: metadata missing for something not given (names the flag to pass), a
-            value that does not parse, or a graph input that is not ``(B, 3, H, W)``.
+            value that does not parse, an ``input_size`` that contradicts the graph's fixed
+            ``H, W`` (names ``--input-size`` and both sizes), or a graph input that is not
+            ``(B, 3, H, W)``.
     """
 
     is_onnx = True
@@ -147,6 +150,8 @@ class OnnxReIDModel(nn.Module):
     # ------------------------------------------------------------------ metadata
     def _preprocessing(self, input_size, mean, std, bgr) -> Preprocessing:
         meta, missing = self.metadata, []
+        if input_size is not None:
+            self._check_against_graph(_pair(input_size, self.path, "input size"))
         size = input_size if input_size is not None else self._meta_size()
         if size is None:
             missing.append("--input-size H W (input_height/input_width)")
@@ -168,6 +173,14 @@ class OnnxReIDModel(nn.Module):
             _triple(std if std is not None else _json(meta["std"], self.path, "std"), self.path, "std", positive=True),
             color,
         )
+
+    def _check_against_graph(self, size: tuple[int, int]) -> None:
+        """Refuse an input size that contradicts the graph's fixed ``H, W`` (dynamic: any)."""
+        fixed = self.backend.input_size
+        if fixed is not None and tuple(fixed) != size:
+            raise OnnxModelError(
+                f"{self.path!r}: --input-size {size[0]} {size[1]} contradicts the graph's fixed input size "
+                f"{fixed[0]} x {fixed[1]} (H x W); give --input-size {fixed[0]} {fixed[1]} or leave it out")
 
     def _meta_size(self):
         meta = self.metadata
