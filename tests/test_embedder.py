@@ -161,6 +161,16 @@ def test_sources_checkpoint_onnx_and_registered_name(crops, tmp_path):
         Embedder("no_such_model.pt")
 
 
+def test_registered_name_without_weights_is_refused_unless_asked(tmp_path):
+    with pytest.raises(ValueError, match=r"Embedder\('osnet_x0_25'\) has no weights: .*random_weights=True"):
+        Embedder("osnet_x0_25")
+    torch.save(create_model("osnet_x0_25").backbone.state_dict(), tmp_path / "b.pth")
+    with pytest.raises(ValueError, match="not both"):
+        Embedder("osnet_x0_25", pretrained=tmp_path / "b.pth", random_weights=True)
+    untrained = Embedder("osnet_x0_25", random_weights=True, input_size=(64, 32), backend="torch")
+    assert untrained.embed([np.zeros((64, 32, 3), dtype=np.uint8)]).shape[0] == 1
+
+
 def test_embedder_is_exported_lazily():
     assert reidkit.Embedder is Embedder
     with pytest.raises(AttributeError, match="no attribute 'Nope'"):

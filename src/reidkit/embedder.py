@@ -44,7 +44,12 @@ class Embedder:
             name (``reidkit models``; give ``pretrained``), or a model (``nn.Module``).
         device: ``"auto"`` (CUDA when present), ``"cpu"`` or ``"cuda"``.
         batch_size: crops per forward pass.
-        pretrained: weights file for a registered model name.
+        pretrained: weights for a registered model name: a file (a torchreid model-zoo or
+            reidkit weights file, see :func:`reidkit.models.create_model`) or ``True``
+            (torchvision's ImageNet weights, where the model has them). Required for a name
+            unless ``random_weights=True``.
+        random_weights: embed with a registered model's random initialisation (tests,
+            benchmarks); its embeddings carry no identity information, so it must be asked for.
         input_size: ``(H, W)`` in pixels; default: the checkpoint's ``data.height/width``, the
             ONNX file's metadata, else 256 x 128.
         mean, std, bgr: preprocessing of a third-party ONNX file without metadata (see
@@ -56,19 +61,21 @@ class Embedder:
     Raises:
         FileNotFoundError: a path that does not exist.
         ValueError: ``source`` is neither a file nor a registered model name (the message lists
-            the names), or a bad ``batch_size``.
+            the names); a registered name with neither ``pretrained`` nor ``random_weights=True``,
+            or with both; a bad ``batch_size``.
         reidkit.engine.checkpoint.CheckpointError: an unreadable checkpoint.
         reidkit.inference.OnnxModelError: an ONNX file lacking metadata that was not given.
     """
 
     def __init__(self, source, device: str = "auto", batch_size: int = 64, pretrained=None, input_size=None,
                  mean=None, std=None, bgr: bool | None = None, flip: bool | None = None, backend: str = "auto",
-                 threads: int | None = None):
+                 threads: int | None = None, random_weights: bool = False):
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         self.device = resolve_device(device)
         self.batch_size, self.backend_name, self.threads = batch_size, backend, threads
-        self.model, size, cfg_flip = _load(source, pretrained, input_size, mean, std, bgr, threads, self.device)
+        weights = (pretrained, random_weights)
+        self.model, size, cfg_flip = _load(source, weights, input_size, mean, std, bgr, threads, self.device)
         self.input_size = tuple(int(v) for v in size)
         self.flip = bool(cfg_flip if flip is None else flip)
         self.transform = build_transforms(TransformConfig(height=self.input_size[0], width=self.input_size[1]), train=False)
@@ -164,8 +171,9 @@ class Embedder:
         return nn.functional.normalize(emb.float(), dim=1)  # (B, D)
 
 
-def _load(source, pretrained, input_size, mean, std, bgr, threads, device):
-    """``(model, input_size, flip)`` from an Embedder ``source``."""
+def _load(source, weights, input_size, mean, std, bgr, threads, device):
+    """``(model, input_size, flip)`` from an Embedder ``source``; ``weights`` is
+    ``(pretrained, random_weights)``, which only a registered model name takes."""
     if isinstance(source, nn.Module):
         return source.eval(), input_size or getattr(source, "input_size", (256, 128)), False
     path = Path(str(source))
@@ -182,12 +190,25 @@ def _load(source, pretrained, input_size, mean, std, bgr, threads, device):
         cfg = config_from_dict(ckpt.get("config", {}))
         size = input_size or (cfg.data.height, cfg.data.width)
         return model, size, bool(getattr(cfg.eval, "flip", False))
-    from .models import create_model, list_models
+    from .models import list_models
 
     if str(source) not in list_models():
         raise ValueError(f"Embedder source {str(source)!r} is neither an existing file (a checkpoint or "
                          f".onnx) nor a registered model; registered: {', '.join(list_models())}")
-    return create_model(str(source), num_classes=0, pretrained=pretrained).eval(), input_size or (256, 128), False
+    return _named_model(str(source), *weights), input_size or (256, 128), False
+
+
+def _named_model(name: str, pretrained, random_weights: bool) -> nn.Module:
+    from .models import create_model
+
+    untrained = pretrained is None or pretrained is False
+    if random_weights and not untrained:
+        raise ValueError(f"Embedder({name!r}): give pretrained or random_weights=True, not both")
+    if not random_weights and untrained:
+        raise ValueError(
+            f"Embedder({name!r}) has no weights: pass pretrained=FILE (a torchreid model-zoo or reidkit "
+            "weights file), or random_weights=True for an untrained model (its embeddings mean nothing)")
+    return create_model(name, num_classes=0, pretrained=None if random_weights else pretrained).eval()
 
 
 def _check_frame(image, what: str) -> None:
