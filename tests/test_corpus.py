@@ -358,6 +358,42 @@ def test_bad_arguments(tiny_run, tmp_path, corpus, capsys):
         run(capsys, argv, culprit=culprit)
 
 
+def model_file_cases(tmp_path):
+    """Weights and ONNX files that do not fit what the command is asked to do."""
+    import onnx
+    import torch
+
+    from reidkit.inference.convert import torch_to_onnx
+    from reidkit.models import create_model
+    from reidkit.models import torchreid
+
+    zoo = tmp_path / "osnet_x0_25_torchreid.pth"  # torchreid's x0.25 layout, given for x1.0
+    torch.save(torchreid.to_torchreid(create_model("osnet_x0_25"), "osnet"), zoo)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+    fixed = tmp_path / "fixed.onnx"  # no metadata, fixed (1, 3, 32, 16) input
+    onnx.save(torch_to_onnx(net.eval(), (32, 16), batch_size=1), str(fixed))
+    corrupt = tmp_path / "corrupt.onnx"  # a real file cut in half
+    corrupt.write_bytes(fixed.read_bytes()[: fixed.stat().st_size // 2])
+    stats = ["--mean", "0.5", "0.5", "0.5", "--std", "0.2", "0.2", "0.2"]
+    out = str(tmp_path / "m.onnx")
+    return [
+        (["eval", "--model", "osnet_x1_0", "--pretrained", str(zoo), "--dataset", "synthetic"],
+         "torchreid's osnet_x0_25, not osnet_x1_0"),
+        (["eval", "--model", str(corrupt), "--dataset", "synthetic"], "corrupt.onnx"),
+        (["eval", "--model", str(fixed), "--dataset", "synthetic", "--input-size", "64", "32", *stats],
+         "--input-size 64 32 contradicts the graph's fixed input size 32 x 16"),
+        (["export", "--model", "osnet_x0_25", "--output", out, "--opset", "99"], "--opset"),
+        (["export", "--model", "osnet_x0_25", "--output", out, "--check-dataset", "synthetic"], "--check-dataset"),
+    ]
+
+
+def test_bad_model_files(tmp_path, capsys):
+    for argv, culprit in model_file_cases(tmp_path):
+        _, out, _ = run(capsys, argv, culprit=culprit)
+        assert out == "", (argv, out[:200])
+    assert not (tmp_path / "m.onnx").exists()
+
+
 def test_ctrl_c_is_one_line_and_130(monkeypatch, tiny_run, capsys):
     import reidkit.cli.evaluate as evaluate
 
