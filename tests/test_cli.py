@@ -150,3 +150,16 @@ def test_export_check_dataset_is_the_dataset_flag(tmp_path):
     assert parse("--check-dataset", "synthetic").dataset == "synthetic"
     assert parse("--dataset", "synthetic").dataset == "synthetic"
     assert parse().dataset is None
+
+
+def test_set_model_kwargs_builds_that_model(tmp_path, capsys):
+    """``--model NAME --set model.kwargs.K=V`` builds the model with K=V (torchreid's ResNet-50
+    reading is ``last_stride=2, head=pool``); a keyword the model lacks is one line, exit 2."""
+    from reidkit.cli._common import _model_kwargs
+
+    assert _model_kwargs(["model.kwargs.last_stride=2", "model.kwargs.head=pool", "eval.flip=true"]) == {
+        "last_stride": 2, "head": "pool"}
+    assert main(["extract", "--model", "osnet_x0_25", "--set", "model.kwargs.bogus=1", "--dataset", "synthetic",
+                 "--output", str(tmp_path / "f.npz")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "bogus" in err and "model.kwargs" in err

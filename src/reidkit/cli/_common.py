@@ -137,6 +137,21 @@ def add_ranking_args(p: argparse.ArgumentParser) -> None:
 
 
 # ---------------------------------------------------------------------------- loading
+def _model_kwargs(overrides: list[str]) -> dict:
+    """``model.kwargs`` of the ``--set`` overrides (``--set model.kwargs.last_stride=2``).
+
+    Raises:
+        ConfigError: a malformed override, or ``model.kwargs`` that is not a mapping.
+    """
+    from ..engine.config import ConfigError, apply_overrides
+
+    mine = [o for o in overrides if o.partition("=")[0].strip().startswith("model.kwargs")]
+    kwargs = apply_overrides({"model": {"kwargs": {}}}, mine)["model"]["kwargs"]
+    if not isinstance(kwargs, dict):
+        raise ConfigError(f"--set model.kwargs={kwargs!r}: expected a mapping such as model.kwargs.last_stride=2")
+    return kwargs
+
+
 def load_model_and_config(args):
     """Model (eval mode) and validated :class:`~reidkit.engine.config.Config` from the flags.
 
@@ -173,9 +188,13 @@ def load_model_and_config(args):
         weights = args.pretrained
         if weights and getattr(args, "non_strict", False):
             weights = WeightsFile(weights, strict=False)
+        kwargs = _model_kwargs(getattr(args, "set", []))  # --set model.kwargs.last_stride=2 builds that model
         torch.manual_seed(0)  # what --pretrained leaves untrained is the same in every command
-        model = create_model(args.model, num_classes=0, pretrained=weights).eval()
-        cfg_dict, source = {"model": {"name": args.model}}, "--model"
+        try:
+            model = create_model(args.model, num_classes=0, pretrained=weights, **kwargs).eval()
+        except TypeError as err:
+            raise ConfigError(f"--set model.kwargs of {args.model!r}: {err}") from None
+        cfg_dict, source = {"model": {"name": args.model, "kwargs": kwargs}}, "--model"
     else:
         raise UsageError("give --checkpoint CKPT, or --model NAME [--pretrained FILE]")
     try:
