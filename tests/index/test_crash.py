@@ -90,6 +90,7 @@ def _check(folder: Path, kind: str) -> list[int]:
     assert matches, f"the index holds none of the plan's states ({len(got)} entries)"
     info = index.info()
     assert info.state.count == len(index) == len(got)
+    index.verify()  # checksums, faiss vs manifest vs SQLite: all consistent after the kill
     assert info.faiss_ntotal == len(got) if kind != "hnsw" else info.faiss_ntotal >= len(got)
     if got:
         ids = np.array(sorted(got))

@@ -9,6 +9,7 @@ ids = index.add(features, [EntryMeta(path=p, camid=c) for p, c in zip(paths, cam
 result = index.search(queries, topk=100, query_camids=q_camids)  # cosine, larger is closer
 top10 = rerank_result(index, queries, result, topk=10)            # k-reciprocal on the candidates
 index = GalleryIndex.open("gallery.idx", expect_model=manifest, ef_search=256)
+report = index.verify()                                           # every file, once; raises on damage
 ```
 
 Scores are inner products of L2-normalised embeddings (cosine similarity, larger is closer). The
@@ -23,6 +24,7 @@ from reidkit.index.manifest import KINDS, IndexInfo, IndexManifest, IndexState, 
 from reidkit.index.metadata import Entry, EntryMeta, EntryPage
 from reidkit.index.postprocess import expand_queries, rerank_result
 from reidkit.index.search import SearchResult
+from reidkit.index.verify import VerifyReport
 
 __all__ = [
     "BUILD_PARAMS",
@@ -39,6 +41,7 @@ __all__ = [
     "IndexState",
     "ModelMismatchError",
     "SearchResult",
+    "VerifyReport",
     "expand_queries",
     "model_fingerprint",
     "rerank_result",

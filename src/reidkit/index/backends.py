@@ -195,6 +195,16 @@ def faiss_ids(index) -> np.ndarray:
     return faiss.vector_to_array(index.id_map).astype(np.int64)
 
 
+def stored_ids(index) -> np.ndarray:
+    """Every id a faiss index of any kind holds, ``(ntotal,) int64`` (IVF: list by list)."""
+    if hasattr(index, "id_map"):
+        return faiss_ids(index)
+    lists = faiss.extract_index_ivf(index).invlists
+    parts = [faiss.rev_swig_ptr(lists.get_ids(i), lists.list_size(i)).copy()
+             for i in range(lists.nlist) if lists.list_size(i)]
+    return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
+
+
 def search_params(kind: str, params: dict, topk: int, selector):
     """faiss ``SearchParameters`` for one search (None when the defaults do)."""
     if kind in TRAINED_KINDS:

@@ -3,7 +3,8 @@
 Folder layout::
 
     IDX/
-      manifest.json        commit point: generation, dim, kind, params, model, count, next_id
+      manifest.json        commit point: generation, dim, kind, params, model, count, next_id,
+                           CRC-32 checksums of the faiss file and of the committed vector rows
       meta.sqlite          entries (id, path, pid, camid, timestamp, track_id, tag) + generation stamps
       vectors.f32          append-only raw float32 vectors, row i = id i (for re-ranking, refinement,
                            rebuilds; the flat kind's faiss index is rebuilt from it on open)
@@ -18,7 +19,10 @@ How a write commits (one generation; :meth:`GalleryIndex.batch` groups several w
 2. append vectors past ``next_id`` and fsync; write ``faiss-<gen+1>.index`` (temporary + fsync +
    rename) unless the faiss index is unchanged (removals from ``hnsw``); insert / mark rows in
    SQLite stamped ``gen+1`` and commit that transaction;
-3. replace ``manifest.json`` (temporary + fsync + rename + folder fsync): **the commit point**;
+3. replace ``manifest.json`` (temporary + fsync + rename + folder fsync): **the commit point**. It
+   records the CRC-32 of the new faiss file (read back) and the vectors' running CRC-32, extended
+   by the appended rows (``zlib.crc32(rows, previous)``), which covers exactly the rows up to
+   ``next_id``: truncating a killed writer's rows needs no checksum update;
 4. delete the faiss file of the old generation.
 
 A ``kill -9`` before step 3 leaves the old manifest, which names the old faiss file, the old
@@ -27,6 +31,12 @@ old state exactly, and the next writer removes the leftovers. After step 3 every
 generation is durable. Readers never take the lock and never wait: they load one generation
 (faiss file, vectors up to its ``next_id``, SQLite rows visible at it) and keep serving it until
 :meth:`GalleryIndex.refresh`.
+
+Integrity: a reader checks what it loads against the manifest's checksums (the faiss file before
+faiss parses it; for ``flat`` the vector rows it builds from, only the new ones on a refresh) and
+its faiss index's dimension and size; :meth:`GalleryIndex.verify` checks everything. Manifests
+written before checksums existed have none: their checks are skipped (``info()`` says so), and the
+next write records checksums of the files as they are then.
 """
 
 from __future__ import annotations
@@ -34,6 +44,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+import zlib
 from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,11 +64,14 @@ from .store import (
     WriterLock,
     build_folder,
     check_new_folder,
+    corrupt_file_error,
+    file_crc32,
     read_state,
     remove_temporaries,
     replace_atomically,
     write_text_atomically,
 )
+from .verify import VerifyReport, verify_index
 
 _ADD_BLOCK = 65536  # vectors per faiss add when rebuilding from the vectors file
 _MAX_PAGE = 10000
@@ -144,7 +158,8 @@ class GalleryIndex:
             raise GalleryIndexError(f"manifest must be an IndexManifest, got {type(manifest).__name__}")
         params = fb.resolve_params(kind, dim, params)
         check_new_folder(folder)
-        state = IndexState(dim, kind, params, manifest, trained=kind not in fb.TRAINED_KINDS, reidkit_version=__version__)
+        state = IndexState(dim, kind, params, manifest, trained=kind not in fb.TRAINED_KINDS, vectors_crc32=0,
+                           reidkit_version=__version__)
         build_folder(folder, state)
         return cls.open(folder, device=device, lock_timeout=lock_timeout)
 
@@ -161,6 +176,16 @@ class GalleryIndex:
     ) -> GalleryIndex:
         """Open an index folder for searching (and writing, one process at a time).
 
+        What it loads is checked first against the manifest's CRC-32 checksums (the faiss file
+        before faiss parses it; for ``flat`` the vector rows it builds the index from), and the
+        faiss index's dimension and size against the manifest; :meth:`verify` checks the rest.
+        A manifest without checksums (an index written before they existed) opens unchecked.
+        Measured cost of the checks on a 10^5 x 512 index, 2-core AMD EPYC, files in the page
+        cache, other jobs running (``python benchmarks/bench_index_open.py --n 100000 --dim
+        512 --kinds flat ivf hnsw``, two runs): ``flat`` 0.49-0.59 s without, +0.10-0.16 s;
+        ``ivf`` 0.14-0.20 s, +0.29 s; ``hnsw`` 0.45-0.47 s, +0.17-0.22 s (about 200 MB read by
+        ``zlib.crc32`` at ~1 GB/s). ``verify()``: 0.7-1.5 s.
+
         Args:
             folder: the index folder.
             expect_model: the model the caller will embed queries with; an index built by another
@@ -172,8 +197,8 @@ class GalleryIndex:
                 ``refine`` (ivfpq), ``ef_search`` (hnsw).
 
         Raises:
-            GalleryIndexError: the folder is missing, is not an index, or is corrupt or
-                inconsistent; an unknown search parameter.
+            GalleryIndexError: the folder is missing, is not an index, or is corrupt (a file whose
+                checksum differs: one line naming it) or inconsistent; an unknown search parameter.
             ModelMismatchError: ``expect_model`` differs (the message names both models).
         """
         fb.require_faiss()
@@ -244,6 +269,40 @@ class GalleryIndex:
             vec = _size(self.folder / VECTORS_NAME)
             ntotal = 0 if self._index is None else int(self._index.ntotal)
             return IndexInfo(self.folder, self._state, sizes, vec, ntotal, self._search_device)
+
+    def verify(self) -> VerifyReport:
+        """Check every file of the newest committed generation, reading all of it once.
+
+        Opening checks only what it loads (the faiss file; for ``flat`` the vectors). This also
+        checks every stored vector (the manifest's ``vectors_crc32``; finite; unit length when
+        normalised), the faiss file's checksum, the loaded faiss index's dimension, training,
+        count and ids against the manifest and SQLite, and SQLite itself (``PRAGMA
+        integrity_check``, generation, live entries, ids below ``next_id``). Checks of files
+        whose checksum the manifest does not record (an index written before reidkit recorded
+        them) are listed as skipped. Reads the vectors file whole, so it takes about as long as
+        opening a ``flat`` index of the same size.
+
+        Returns:
+            :class:`VerifyReport`: what was checked, what was skipped, harmless leftovers.
+
+        Raises:
+            GalleryIndexError: one line listing every problem, each naming its file; also
+                inside :meth:`batch` (uncommitted writes cannot be verified).
+        """
+        with self._mutex:
+            if self._txn is not None:
+                raise GalleryIndexError(f"index {str(self.folder)!r}: verify() inside a batch; call it after the batch")
+            for _ in range(10):
+                self.refresh()
+                try:
+                    return verify_index(self.folder, self._state, self._meta, self._index, self._ids)
+                except (GalleryIndexError, OSError) as err:
+                    if read_state(self.folder).generation != self._state.generation:
+                        continue  # a writer committed meanwhile (and removed old files): check the new one
+                    if isinstance(err, OSError):
+                        raise GalleryIndexError(f"index {str(self.folder)!r} failed verification: {err}") from None
+                    raise
+            raise GalleryIndexError(f"index {str(self.folder)!r} changes faster than it can be verified")
 
     def refresh(self) -> bool:
         """Load the newest committed generation if another process wrote one; True if it did."""
@@ -473,6 +532,9 @@ class GalleryIndex:
             txn.faiss_changed = True
             start = txn.state.next_id
             ids = np.arange(start, start + len(x), dtype=np.int64)
+            crc = txn.state.vectors_crc32
+            if crc is None:  # written before checksums: record them from this write on
+                crc = self._vectors_file.crc32(0, start)
             self._vectors_file.write_rows(start, x)
             self._vectors = self._vectors_file.reader(start + len(x))
             self._index.add_with_ids(x, ids)
@@ -480,7 +542,7 @@ class GalleryIndex:
             cams = np.array([NO_CAMID if e.camid is None else e.camid for e in entries], dtype=np.int64)
             self._ids, self._camids = np.concatenate([self._ids, ids]), np.concatenate([self._camids, cams])
             self._selectors.clear()
-            txn.state = txn.state.replace(next_id=start + len(x), count=len(self._ids))
+            txn.state = txn.state.replace(next_id=start + len(x), count=len(self._ids), vectors_crc32=zlib.crc32(x, crc))
         return ids
 
     def remove(self, ids: Sequence[int] | np.ndarray) -> None:
@@ -584,18 +646,20 @@ class GalleryIndex:
             self._meta.rollback()
             return
         state = txn.state
-        faiss_file, faiss_bytes = state.faiss_file, state.faiss_bytes
+        faiss_file, faiss_bytes, faiss_crc = state.faiss_file, state.faiss_bytes, state.faiss_crc32
         if state.kind == "flat" or self._index is None:
-            faiss_file, faiss_bytes = None, None
+            faiss_file, faiss_bytes, faiss_crc = None, None, None
         elif txn.faiss_changed:
             faiss_file = f"faiss-{txn.gen:010d}.index"
             path = self.folder / faiss_file
             replace_atomically(path, lambda tmp: fb.write_index(self._index, tmp))
-            faiss_bytes = path.stat().st_size
+            faiss_bytes, faiss_crc = path.stat().st_size, file_crc32(path)
+        elif faiss_crc is None:  # written before checksums: record the file as it is
+            faiss_crc = file_crc32(self.folder / faiss_file)
         self._vectors_file.sync()
         self._meta.stamp(txn.gen)
         self._meta.commit()
-        state = state.replace(generation=txn.gen, faiss_file=faiss_file, faiss_bytes=faiss_bytes,
+        state = state.replace(generation=txn.gen, faiss_file=faiss_file, faiss_bytes=faiss_bytes, faiss_crc32=faiss_crc,
                               updated=now_iso(), reidkit_version=__version__)
         write_text_atomically(self.folder / MANIFEST_NAME, state.to_json())  # the commit point
         self._state = state
@@ -654,7 +718,10 @@ class GalleryIndex:
         ids, camids = self._meta.live(state.generation)
         if len(ids) != state.count:
             self._raise_inconsistent(state, f"{SQLITE_NAME} holds {len(ids)} entries, {MANIFEST_NAME} {state.count}")
-        index = self._load_faiss(state, ids, vectors)
+        index = self._load_faiss(state, ids, vectors_file, vectors)
+        if index is not None and index.d != state.dim:
+            what = state.faiss_file or "the faiss index"
+            self._raise_inconsistent(state, f"{what} holds {index.d}-d vectors, {MANIFEST_NAME} says dim {state.dim}")
         ntotal = 0 if index is None else index.ntotal
         if (ntotal != state.count and state.kind != "hnsw") or ntotal < state.count:
             self._raise_inconsistent(state, f"the faiss index holds {ntotal} vectors, {MANIFEST_NAME} {state.count}")
@@ -662,9 +729,11 @@ class GalleryIndex:
         self._ids, self._camids, self._index = ids, camids, index
         self._after_change()
 
-    def _load_faiss(self, state: IndexState, ids: np.ndarray, vectors: np.ndarray):
+    def _load_faiss(self, state: IndexState, ids: np.ndarray, vectors_file: VectorFile, vectors: np.ndarray):
+        """The faiss index of ``state``: read from its file, or for ``flat`` built from the
+        vectors; what is read is checked against the manifest's checksums when it has them."""
         if state.kind == "flat":
-            return self._flat_from_vectors(state, ids, vectors)
+            return self._flat_from_vectors(state, ids, vectors_file, vectors)
         if state.faiss_file is None:
             if state.count:
                 raise GalleryIndexError(f"corrupt index manifest in {str(self.folder)!r}: no faiss_file but {state.count} entries")
@@ -672,18 +741,33 @@ class GalleryIndex:
         path = self.folder / state.faiss_file
         if not path.is_file() or path.stat().st_size != state.faiss_bytes:
             self._raise_inconsistent(state, f"{state.faiss_file} is missing or of the wrong size")
+        if state.faiss_crc32 is not None:
+            try:
+                got = file_crc32(path)
+            except OSError as err:  # removed by a writer that committed meanwhile: load that generation
+                self._raise_inconsistent(state, f"{state.faiss_file} cannot be read ({err.strerror})")
+            if got != state.faiss_crc32:
+                self._raise_stale_or(state, corrupt_file_error(path, got, state.faiss_crc32))
         try:
             return fb.read_index(path)
         except RuntimeError as err:
             self._raise_inconsistent(state, f"{state.faiss_file} cannot be read ({str(err).splitlines()[-1]})")
 
-    def _flat_from_vectors(self, state: IndexState, ids: np.ndarray, vectors: np.ndarray):
-        """The flat index of ``ids``: updated in place from the loaded one when possible."""
+    def _flat_from_vectors(self, state: IndexState, ids: np.ndarray, vectors_file: VectorFile, vectors: np.ndarray):
+        """The flat index of ``ids``: updated in place from the loaded one when possible.
+
+        The rows it reads are checked against the manifest's ``vectors_crc32``: all committed
+        rows for a fresh index, the rows added since the loaded generation for an update.
+        """
         old = self._index
         if old is None or self._state.kind != "flat" or self._state.dim != state.dim:
+            self._check_vectors(state, vectors_file, 0, 0)
             index = fb.new_index("flat", state.dim, state.params)
             _add_from_vectors(index, vectors, ids)
             return index
+        loaded = self._state
+        start, crc = (0, 0) if loaded.vectors_crc32 is None else (loaded.next_id, loaded.vectors_crc32)
+        self._check_vectors(state, vectors_file, start, crc)
         gone = np.setdiff1d(self._ids, ids, assume_unique=True)
         new = np.setdiff1d(ids, self._ids, assume_unique=True)
         self._index = self._search_index = None  # if this fails half-way, the next load starts afresh
@@ -692,10 +776,21 @@ class GalleryIndex:
         _add_from_vectors(old, vectors, new)
         return old
 
+    def _check_vectors(self, state: IndexState, vectors_file: VectorFile, start: int, crc: int) -> None:
+        """Rows ``start .. next_id - 1`` continue ``crc`` to the committed ``vectors_crc32``."""
+        try:
+            vectors_file.check_crc32(start, state.next_id, crc, state.vectors_crc32)
+        except GalleryIndexError as err:
+            self._raise_stale_or(state, err)
+
     def _raise_inconsistent(self, state: IndexState, what: str) -> None:
+        self._raise_stale_or(state, GalleryIndexError(f"index {str(self.folder)!r} is inconsistent: {what}"))
+
+    def _raise_stale_or(self, state: IndexState, err: GalleryIndexError) -> None:
+        """Raise ``err``, or :class:`_Stale` if a writer committed since ``state`` was read."""
         if read_state(self.folder).generation != state.generation:
             raise _Stale()
-        raise GalleryIndexError(f"index {str(self.folder)!r} is inconsistent: {what}")
+        raise err
 
     def _after_change(self) -> None:
         self._selectors.clear()

@@ -22,6 +22,7 @@ from .errors import GalleryIndexError, ModelMismatchError
 FORMAT = "reidkit-gallery-index"
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
+VECTORS_NAME = "vectors.f32"
 KINDS = ("flat", "ivf", "ivfpq", "hnsw")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -179,6 +180,13 @@ class IndexState:
         faiss_file: name of this generation's faiss file in the folder; ``None`` for ``flat``,
             whose faiss index is rebuilt from the vectors file on open.
         faiss_bytes: size of ``faiss_file`` in bytes (checked on open).
+        faiss_crc32: CRC-32 (``zlib.crc32``) of ``faiss_file`` as committed (checked on open);
+            ``None`` when there is no faiss file, or for an index written before reidkit
+            recorded checksums (its checks are skipped until a write records them).
+        vectors_crc32: CRC-32 of the first ``next_id`` rows of the vectors file, extended by
+            each commit's new rows (``zlib.crc32(new_rows, previous)``), so rows a killed writer
+            left past ``next_id`` are outside it (checked on open for ``flat``, by
+            :meth:`GalleryIndex.verify` for all kinds); ``None`` as for ``faiss_crc32``.
         reidkit_version: version of reidkit that wrote the last generation.
         created: ISO 8601 UTC time the index was created.
         updated: ISO 8601 UTC time of the last committed write.
@@ -194,12 +202,20 @@ class IndexState:
     trained: bool = True
     faiss_file: str | None = None
     faiss_bytes: int | None = None
+    faiss_crc32: int | None = None
+    vectors_crc32: int | None = None
     reidkit_version: str = ""
     created: str = field(default_factory=now_iso)
     updated: str = field(default_factory=now_iso)
 
     def replace(self, **changes: Any) -> IndexState:
         return dataclasses.replace(self, **changes)
+
+    def unchecked_files(self) -> list[str]:
+        """Files of this state whose checksum the manifest does not record (an index written
+        before reidkit recorded checksums): their integrity checks are skipped."""
+        names = [] if self.vectors_crc32 is not None else [VECTORS_NAME]
+        return names + ([self.faiss_file] if self.faiss_file and self.faiss_crc32 is None else [])
 
     def to_json(self) -> str:
         body = {"format": FORMAT, "format_version": FORMAT_VERSION, **dataclasses.asdict(self)}
@@ -241,15 +257,22 @@ _FIELD_CHECKS = {
     "trained": lambda v: isinstance(v, bool),
     "faiss_file": lambda v: v is None or (isinstance(v, str) and "/" not in v and v.startswith("faiss-")),
     "faiss_bytes": lambda v: v is None or (_is_int(v) and v >= 0),
+    "faiss_crc32": lambda v: v is None or (_is_int(v) and 0 <= v < 2**32),
+    "vectors_crc32": lambda v: v is None or (_is_int(v) and 0 <= v < 2**32),
     "reidkit_version": lambda v: isinstance(v, str),
     "created": lambda v: isinstance(v, str),
     "updated": lambda v: isinstance(v, str),
 }
 
 
+_OPTIONAL = ("faiss_crc32", "vectors_crc32")  # absent from manifests written before checksums
+
+
 def _state_from_dict(body: dict, path: Path) -> IndexState:
     values = {}
     for key, ok in _FIELD_CHECKS.items():
+        if key in _OPTIONAL and key not in body:
+            continue  # written before the key existed: the default (None) holds
         if key not in body:
             raise GalleryIndexError(f"key {key!r} is missing")
         if not ok(body[key]):
@@ -279,6 +302,9 @@ class IndexInfo:
         faiss_ntotal: vectors held by the faiss index; more than ``count`` only for ``hnsw``
             with removed entries not yet dropped by :meth:`GalleryIndex.rebuild`.
         device: where searches run: ``"cpu"`` or ``"cuda"`` (faiss GPU).
+
+    ``as_dict()["integrity"]`` says whether the manifest records the files' checksums (and so
+    whether opening checks them).
     """
 
     folder: Path
@@ -292,5 +318,13 @@ class IndexInfo:
         """JSON-ready dictionary (for ``reidkit index info``)."""
         body = json.loads(self.state.to_json())
         body.update(folder=str(self.folder), disk_bytes=self.disk_bytes, vector_bytes=self.vector_bytes,
-                    faiss_ntotal=self.faiss_ntotal, device=self.device)
+                    faiss_ntotal=self.faiss_ntotal, device=self.device, integrity=self.integrity())
         return body
+
+    def integrity(self) -> str:
+        """One line: which files' checksums the manifest records, and so what open checks."""
+        unchecked = self.state.unchecked_files()
+        if not unchecked:
+            return "checksums recorded for every data file; open checks the files it loads"
+        return (f"no checksum recorded for {', '.join(unchecked)} (written before reidkit recorded "
+                "checksums): their integrity checks are skipped until the next write records them")

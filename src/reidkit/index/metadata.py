@@ -12,10 +12,11 @@ SQLite runs in WAL mode: readers never wait for the writer.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import sqlite3
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -138,9 +139,21 @@ class MetadataStore:
     def close(self) -> None:
         self._db.close()
 
+    @contextlib.contextmanager
+    def damage_named(self) -> Iterator[None]:
+        """Turn SQLite's "malformed" / "not a database" errors into a GalleryIndexError naming the file
+        (operational errors such as a busy database pass unchanged)."""
+        try:
+            yield
+        except sqlite3.DatabaseError as err:
+            if isinstance(err, sqlite3.OperationalError):
+                raise
+            raise GalleryIndexError(f"index file {str(self.path)!r} is corrupt: {err}") from None
+
     def generation(self) -> int:
         """The generation of the last write committed in SQLite (may be ahead of the manifest)."""
-        row = self._db.execute("SELECT value FROM state WHERE key = 'generation'").fetchone()
+        with self.damage_named():
+            row = self._db.execute("SELECT value FROM state WHERE key = 'generation'").fetchone()
         if row is None:
             raise GalleryIndexError(f"{str(self.path)!r} has no generation record")
         return int(row[0])
@@ -150,7 +163,8 @@ class MetadataStore:
     def live(self, gen: int) -> tuple[np.ndarray, np.ndarray]:
         """``(ids (N,) int64 ascending, camids (N,) int64 with NO_CAMID for unknown)`` visible at ``gen``."""
         sql = f"SELECT id, IFNULL(camid, {NO_CAMID}) FROM entries WHERE {_VISIBLE} ORDER BY id"
-        rows = self._db.execute(sql, {"gen": gen}).fetchall()
+        with self.damage_named():
+            rows = self._db.execute(sql, {"gen": gen}).fetchall()
         ids = np.fromiter((r[0] for r in rows), np.int64, len(rows))
         camids = np.fromiter((r[1] for r in rows), np.int64, len(rows))
         return ids, camids
@@ -169,6 +183,18 @@ class MetadataStore:
         total = self._db.execute(f"SELECT COUNT(*) FROM entries WHERE {cond}", args).fetchone()[0]
         rows = self._db.execute(f"SELECT {_COLUMNS} FROM entries WHERE {cond} ORDER BY id LIMIT :limit OFFSET :offset", args)
         return [_row_to_entry(row) for row in rows], int(total)
+
+    def integrity_problems(self) -> list[str]:
+        """What SQLite's ``PRAGMA integrity_check`` finds (empty when the file is sound)."""
+        try:
+            rows = [r[0] for r in self._db.execute("PRAGMA integrity_check").fetchall()]
+        except sqlite3.DatabaseError as err:
+            return [str(err)]
+        return [] if rows == ["ok"] else rows
+
+    def max_id(self) -> int:
+        """The largest id of any row (live, removed or uncommitted); -1 when there is none."""
+        return int(self._db.execute("SELECT IFNULL(MAX(id), -1) FROM entries").fetchone()[0])
 
     # ---- writing (under the writer lock) ----
 

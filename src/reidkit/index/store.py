@@ -13,6 +13,7 @@ import os
 import shutil
 import time
 import uuid
+import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -20,12 +21,41 @@ import numpy as np
 
 from .checks import show
 from .errors import GalleryIndexError, IndexLockedError
-from .manifest import MANIFEST_NAME, IndexState
+from .manifest import MANIFEST_NAME, VECTORS_NAME, IndexState
 from .metadata import SQLITE_NAME, MetadataStore
 
 LOCK_NAME = "writer.lock"
-VECTORS_NAME = "vectors.f32"
 TMP_SUFFIX = ".tmp"
+_CRC_BLOCK = 1 << 24  # bytes read per zlib.crc32 call
+
+
+def file_crc32(path: Path, start: int = 0, length: int | None = None, crc: int = 0) -> int:
+    """CRC-32 (``zlib.crc32``) of ``length`` bytes of ``path`` from byte ``start`` (default: to
+    the end), continuing ``crc``: ``file_crc32(p, 0, a + b) == file_crc32(p, a, b, file_crc32(p, 0, a))``.
+
+    Raises:
+        GalleryIndexError: the file ends before ``start + length`` bytes.
+    """
+    left = float("inf") if length is None else length
+    with path.open("rb") as handle:
+        handle.seek(start)
+        while left > 0:
+            block = handle.read(int(min(left, _CRC_BLOCK)))
+            if not block:
+                if length is None:
+                    break
+                raise GalleryIndexError(f"{str(path)!r} ends before byte {start + length}")
+            crc = zlib.crc32(block, crc)
+            left -= len(block)
+    return crc
+
+
+def corrupt_file_error(path: Path, got: int, expected: int) -> GalleryIndexError:
+    """The one-line error of a file whose CRC-32 differs from the committed one."""
+    return GalleryIndexError(
+        f"index file {str(path)!r} is corrupt: crc32 {got:08x}, {MANIFEST_NAME} committed {expected:08x} (the file "
+        "or the manifest changed after the commit; restore the folder from a copy or build the index again)"
+    )
 
 
 def fsync_path(path: Path) -> None:
@@ -164,6 +194,20 @@ class VectorFile:
         if rows == 0:
             return np.zeros((0, self.dim), np.float32)
         return np.memmap(self.path, np.float32, "r", shape=(rows, self.dim))
+
+    def crc32(self, start: int, stop: int, crc: int = 0) -> int:
+        """CRC-32 of rows ``start .. stop - 1`` continuing ``crc`` (see :func:`file_crc32`)."""
+        row = 4 * self.dim
+        return file_crc32(self.path, start * row, (stop - start) * row, crc)
+
+    def check_crc32(self, start: int, stop: int, crc: int, expected: int | None) -> None:
+        """Raise the corrupt-file error unless rows ``start .. stop - 1`` continue ``crc`` to
+        ``expected`` (nothing is checked when ``expected`` is None: no checksum recorded)."""
+        if expected is None:
+            return
+        got = self.crc32(start, stop, crc)
+        if got != expected:
+            raise corrupt_file_error(self.path, got, expected)
 
     def write_rows(self, start: int, rows: np.ndarray) -> None:
         """Write ``rows (N, D)`` float32 at row ``start``, dropping anything after it; flushed, not synced."""
