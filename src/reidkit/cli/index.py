@@ -192,6 +192,7 @@ def _open_for_model(args, **search_params):
     with GalleryIndex.open(args.index) as peek:
         manifest = peek.manifest
     model, cfg = _model_for_index(args, manifest)
+    _warn_if_flip_differs(args, cfg.eval.flip, manifest.flip)
     cfg.eval.flip = manifest.flip  # embed as the index was built
     if tuple(manifest.input_size) != (cfg.data.height, cfg.data.width):
         cfg.data.height, cfg.data.width = manifest.input_size
@@ -203,6 +204,18 @@ def _open_for_model(args, **search_params):
     except ModelMismatchError as err:
         raise ModelMismatchError(str(err).replace("pass force=True", "pass --force")) from None
     return index, model, cfg
+
+
+def _warn_if_flip_differs(args, asked: bool, built: bool) -> None:
+    """One warning when --flip (or --set eval.flip=...) asks for other flip TTA than the index
+    was built with: the index's setting is used, as queries must be embedded like the gallery."""
+    import warnings
+
+    given = getattr(args, "flip", False) or any(s.split("=", 1)[0].strip() == "eval.flip" for s in getattr(args, "set", []))
+    if given and asked != built:
+        what, how = ("--flip" if asked else "eval.flip=false"), ("with" if built else "without")
+        warnings.warn(f"{what} ignored: index {args.index!r} was built {how} flip and its setting is used "
+                      "(images are embedded as its gallery was)", stacklevel=3)
 
 
 def cmd_index_add(args) -> int:
@@ -228,7 +241,10 @@ def cmd_index_info(args) -> int:
     from ..index import GalleryIndex
 
     with GalleryIndex.open(args.index) as index:
-        print(json.dumps(index.info().as_dict(), indent=2, default=str))
+        body = index.info().as_dict()
+        if args.verify:
+            body["verify"] = index.verify().as_dict()
+        print(json.dumps(body, indent=2, default=str))
     return 0
 
 
@@ -261,9 +277,8 @@ def search_index(args) -> int:
             print(f"query {qpath}")
             for rank, (entry, score) in enumerate(zip(hits, scores), start=1):
                 print(f"  {rank:3d}  {score:.4f}  id={entry.id}  {entry.path}")
-            report.append({"query": qpath, "matches": [
-                {"rank": r, "score": float(s), "id": int(e.id), "path": e.path, "pid": e.pid, "camid": e.camid,
-                 "timestamp": e.timestamp, "track_id": e.track_id} for r, (e, s) in enumerate(zip(hits, scores), 1)]})
+            report.append({"query": qpath, "matches": [{"rank": r, "score": float(s), "id": e.id, **e.as_dict()}
+                                                       for r, (e, s) in enumerate(zip(hits, scores), 1)]})
             rows.append((read_image(qpath), [_thumb(e.path) for e in hits], [float(s) for s in scores],
                          [None] * len(hits)))
     if args.json:
@@ -323,6 +338,8 @@ def add_parsers(sub) -> None:
 
     i = isub.add_parser("info", help="print an index's manifest and sizes as JSON")
     i.add_argument("index", help="index folder")
+    i.add_argument("--verify", action="store_true",
+                   help="also read and check every file (checksums, faiss index vs manifest, SQLite integrity)")
     i.set_defaults(func=cmd_index_info)
 
 
