@@ -1,5 +1,10 @@
 """``torch.utils.data`` wrappers around a :class:`~reidkit.data.ReIDDataset` split.
 
+With ``data.cache: memory`` the training images are decoded once into an :class:`ImageCache`
+(uint8 tensors) that the loader reads instead of the files; the same transforms run on them
+(torchvision's v2 transforms turn a PIL image into a uint8 tensor first and augment the tensor),
+so the batches are the same.
+
 An image that cannot be read inside a loader worker process does not surface as torch's
 ``RuntimeError: Caught ImageReadError in DataLoader worker process 0`` with the worker's
 traceback: the worker hands back a marker naming the file, and :class:`ReIDLoader` raises the
@@ -13,7 +18,9 @@ import os
 from collections.abc import Callable, Iterator, Sequence
 from typing import NamedTuple
 
+import torch
 from torch.utils.data import DataLoader, Dataset, default_collate
+from torchvision.transforms.v2.functional import pil_to_tensor
 
 from .base import ImageReadError, ReIDDataset, Sample
 
@@ -33,7 +40,8 @@ class ImageDataset(Dataset):
 
     Args:
         samples: the split's ``(img_path, pid, camid)`` items.
-        load_image: maps ``img_path`` to a ``PIL.Image`` (usually ``ReIDDataset.load_image``).
+        load_image: maps ``img_path`` to a ``PIL.Image`` (usually ``ReIDDataset.load_image``) or
+            to a ``(3, H, W)`` uint8 tensor (an :class:`ImageCache`).
         transform: maps the image to a tensor.
     """
 
@@ -52,6 +60,49 @@ class ImageDataset(Dataset):
         except ImageReadError as err:
             return Unreadable(err.path, err.reason)
         return self.transform(image), pid, camid, i
+
+
+class CacheTooLarge(MemoryError):
+    """The decoded images would take more memory than the cache may hold."""
+
+
+class ImageCache:
+    """Images decoded once and held in memory: ``cache(img_path) -> (3, H, W) uint8`` tensor.
+
+    A stand-in for ``ReIDDataset.load_image`` in :class:`ImageDataset`: the loader then reads no
+    file and decodes nothing. Each call returns a copy, so a transform working in place cannot
+    change the cache. The transform must take tensors (torchvision's v2 transforms do; their
+    ``ToImage`` step turns a PIL image into exactly this tensor).
+
+    Args:
+        paths: the images to hold (duplicates are decoded once).
+        load_image: maps a path to a ``PIL.Image`` (``ReIDDataset.load_image``).
+        max_bytes: the most memory the decoded images may take (``None``: no limit).
+
+    Raises:
+        CacheTooLarge: the images need more than ``max_bytes`` (raised as soon as the running
+            total passes it, before the rest is decoded).
+        ImageReadError: an image cannot be read (naming it).
+    """
+
+    def __init__(self, paths: Sequence[str], load_image: Callable, max_bytes: int | None = None):
+        self.images: dict[str, torch.Tensor] = {}
+        self.nbytes = 0
+        unique = list(dict.fromkeys(paths))
+        for n, path in enumerate(unique):
+            image = pil_to_tensor(load_image(path))  # (3, H, W) uint8
+            self.nbytes += image.numel() * image.element_size()
+            if max_bytes is not None and self.nbytes > max_bytes:
+                raise CacheTooLarge(
+                    f"the decoded images pass {max_bytes / 2**20:.0f} MiB after {n + 1} of {len(unique)} images"
+                )
+            self.images[path] = image
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __call__(self, img_path: str) -> torch.Tensor:
+        return self.images[img_path].clone()
 
 
 def collate_or_report(items: list):
@@ -87,11 +138,15 @@ def train_loader(
     transform: Callable,
     sampler,
     num_workers: int | None = None,
+    images: Callable | None = None,
 ) -> ReIDLoader:
     """A training loader over ``dataset.train`` drawing batches of ``sampler.batch_size`` indices
-    from ``sampler`` (a :class:`~reidkit.data.samplers.PKSampler` or a pair sampler)."""
+    from ``sampler`` (a :class:`~reidkit.data.samplers.PKSampler` or a pair sampler).
+
+    ``images`` maps an ``img_path`` to its image (an :class:`ImageCache`); ``None``: the
+    dataset's ``load_image`` (files decoded every epoch)."""
     return ReIDLoader(
-        ImageDataset(dataset.train, dataset.load_image, transform),
+        ImageDataset(dataset.train, dataset.load_image if images is None else images, transform),
         batch_size=sampler.batch_size,
         sampler=sampler,
         num_workers=default_num_workers() if num_workers is None else num_workers,

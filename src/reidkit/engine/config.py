@@ -127,6 +127,14 @@ class DataConfig:
         skip_unreadable: decode every image once before training and drop unreadable ones with
             a warning that lists them (otherwise the first unreadable image stops the run with
             an error naming it).
+        cache: ``"none"`` (the loader reads and decodes every training image file each epoch) or
+            ``"memory"`` (every training image is decoded once, before the first epoch, and kept
+            as a ``(3, H, W)`` uint8 tensor; augmentation runs on those tensors, so batches are
+            the same as from the files). For datasets that fit in memory (CUHK01, CUHK03,
+            Market-1501); see ``cache_max_mb``.
+        cache_max_mb: the most memory the decoded training images may take with
+            ``cache: memory``, in MiB; a dataset that needs more is refused at start, naming
+            this key.
     """
 
     name: str = "synthetic"
@@ -150,6 +158,8 @@ class DataConfig:
     num_workers: int | None = None
     eval_batch_size: int = 128
     skip_unreadable: bool = False
+    cache: str = "none"
+    cache_max_mb: float = 2048.0
 
 
 @dataclass
@@ -248,6 +258,19 @@ class TrainConfig:
         sync_bn: under torchrun, synchronise batch norm over the processes (N processes x
             batch B then compute what one process does with batch N x B); off: each process
             normalises with its own batch (:mod:`reidkit.engine.distributed`).
+        channels_last: train in the NHWC memory layout (models and input batches); the same
+            maths, faster convolutions on some CPUs and GPUs (measure:
+            ``benchmarks/bench_train.py``).
+        compile: compile the models' training forward with ``torch.compile`` (inductor; on CPU
+            it needs a C++ compiler). The first steps are slow while it compiles. A machine
+            without it is refused at start with one line; not with ``msgr.weight > 0``
+            (``torch.compile`` has no double backward).
+        threads: intra-op CPU threads of the training process (``torch.set_num_threads``, also
+            used by evaluation); ``None``: torch's default (one per physical core). Loader
+            workers run single-threaded either way.
+        flush_denormal: flush denormal floats (below ~1.2e-38) to zero on CPU
+            (``torch.set_flush_denormal``, for the whole process); x86 CPUs compute on
+            denormals many times slower, and randomly initialised networks produce them.
     """
 
     max_epochs: int = 60
@@ -257,6 +280,10 @@ class TrainConfig:
     device: str = "auto"
     iters_per_epoch: int | None = None
     sync_bn: bool = False
+    channels_last: bool = False
+    compile: bool = False
+    threads: int | None = None
+    flush_denormal: bool = False
 
 
 @dataclass
@@ -498,6 +525,8 @@ def _check_data(d: DataConfig) -> None:
     _rule(d.eval_batch_size >= 1, "data.eval_batch_size", d.eval_batch_size, "an integer >= 1")
     for key in ("options", "eval_options"):
         _rule(all(isinstance(k, str) for k in getattr(d, key)), f"data.{key}", getattr(d, key), "a mapping with text keys")
+    _rule(d.cache in ("none", "memory"), "data.cache", d.cache, "'none' or 'memory'")
+    _rule(_finite(d.cache_max_mb) and d.cache_max_mb > 0, "data.cache_max_mb", d.cache_max_mb, "MiB > 0")
 
 
 def _check_training(cfg: "Config") -> None:
@@ -518,6 +547,9 @@ def _check_training(cfg: "Config") -> None:
     _rule(t.eval_every >= 0, "train.eval_every", t.eval_every, "an integer >= 0 (0: only at the end)")
     _rule(t.iters_per_epoch is None or t.iters_per_epoch >= 1, "train.iters_per_epoch", t.iters_per_epoch, "null or >= 1")
     _rule(re.fullmatch(r"auto|cpu|cuda(:\d+)?", t.device) is not None, "train.device", t.device, "auto, cpu, cuda or cuda:N")
+    _rule(t.threads is None or t.threads >= 1, "train.threads", t.threads, "null or an integer >= 1")
+    _rule(not (t.compile and cfg.msgr.weight > 0), "train.compile", t.compile,
+          "false with msgr.weight > 0 (torch.compile has no double backward)")
 
 
 def _check_options(options: dict | None, key: str, valid: dict[str, tuple[type, float]]) -> None:

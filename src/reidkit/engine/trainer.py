@@ -22,7 +22,7 @@ from torch import nn
 from tqdm import tqdm
 
 from ..data import ReIDDataset, create_dataset
-from ..data.loader import train_loader
+from ..data.loader import CacheTooLarge, ImageCache, train_loader
 from ..data.transforms import TransformConfig, build_transforms
 from ..data.samplers import PKSampler, RandomBatchSampler
 from ..fileio import OutputError, atomic_write_text, clean_stale_temporaries, ensure_writable_dir
@@ -42,6 +42,7 @@ from .methods.supervised import model_configs as peer_model_configs
 from .evaluate import NonFiniteEmbeddings, evaluate_model
 from .distributed import agree, barrier, init_distributed
 from .runtime import preserved_rng, resolve_device, rng_state, seed_everything, set_rng_state
+from . import speed
 
 
 class TrainingDiverged(RuntimeError):
@@ -86,6 +87,29 @@ def _dataset(name: str, root, options: dict, key: str) -> ReIDDataset:
         return create_dataset(name, root=root, **options)
     except KeyError as err:
         raise ConfigError(f"{key}: {err.args[0]}") from None
+
+
+def train_images(dataset: ReIDDataset, data: DataConfig, log=print) -> ImageCache | None:
+    """The training images decoded once into memory with ``data.cache: memory``, else ``None``
+    (the loader decodes the files every epoch).
+
+    Raises:
+        ConfigError: the decoded images would need more than ``data.cache_max_mb``.
+        ImageReadError: an image cannot be read (naming it).
+    """
+    if data.cache == "none":
+        return None
+    t0 = time.perf_counter()
+    try:
+        cache = ImageCache([s.img_path for s in dataset.train], dataset.load_image, int(data.cache_max_mb * 2**20))
+    except CacheTooLarge as err:
+        raise ConfigError(
+            f"data.cache=memory: {err} (data.cache_max_mb={data.cache_max_mb:g}); raise data.cache_max_mb "
+            "or set data.cache: none"
+        ) from None
+    log(f"data.cache: {len(cache)} training images decoded into {cache.nbytes / 2**20:.1f} MiB "
+        f"in {time.perf_counter() - t0:.1f} s")
+    return cache
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
@@ -245,6 +269,18 @@ def check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
         )
 
 
+def _results_config(config: dict | None) -> dict | None:
+    """A config dict without the keys that change only a run's speed (:data:`speed.SPEED_KEYS`),
+    so a resume may change them (or come from a checkpoint written before they existed)."""
+    if not isinstance(config, dict):
+        return config
+    out = dict(config)
+    for section, keys in speed.SPEED_KEYS.items():
+        if isinstance(out.get(section), dict):
+            out[section] = {k: v for k, v in out[section].items() if k not in keys}
+    return out
+
+
 def _is_temporary(path: Path) -> bool:
     return path.name.startswith(".") and path.name.endswith(".tmp")
 
@@ -297,6 +333,11 @@ class Trainer:
             self.device = dist_device or resolve_device(cfg.train.device)
         except ValueError as err:
             raise ConfigError(f"train.device: {err}") from None
+        reason = speed.compile_unavailable(self.device) if cfg.train.compile else None
+        if reason:
+            raise ConfigError(f"train.compile: {reason}; set train.compile: false")
+        speed.set_threads(cfg.train.threads)
+        speed.set_flush_denormal(cfg.train.flush_denormal)
         self.train_ds, self.eval_ds = build_datasets(cfg.data)
         num_classes = self.train_ds.num_train_pids
         if num_classes < 2:
@@ -307,8 +348,13 @@ class Trainer:
         self.method: TrainingMethod = build_method(ctx)
         self.models = self.method.models
         self.model = self.models[0]
+        if cfg.train.channels_last:
+            speed.to_channels_last(self.method)
+        self.input_format = speed.memory_format(cfg.train.channels_last)
         if self.dist.active:
             self._distribute()
+        if cfg.train.compile:
+            self.method.wrap_forwards(speed.CompiledForward)
         seed_everything(cfg.seed + self.dist.rank)  # data order and augmentation do not depend on the models built
         self.optimizer = build_optimizer(self.method, cfg.optim)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -321,6 +367,7 @@ class Trainer:
             self.method.train_transform(build_transforms(transform_config(cfg.data), train=True)),
             sampler,
             num_workers=cfg.data.num_workers,
+            images=train_images(self.train_ds, cfg.data, self.log),
         )
         self.epoch, self.elapsed, self.records = 0, 0.0, []
         resume_state = load_checkpoint(self.ckpt_path, for_resume=True) if resume else None
@@ -398,7 +445,7 @@ class Trainer:
                 f"{' and peers' if 'peers' in ckpt else ''}, the config asks for {', '.join(names)}; "
                 "resume with the run's own config.yaml"
             )
-        if ckpt.get("config") != self.cfg.to_dict():
+        if _results_config(ckpt.get("config")) != _results_config(self.cfg.to_dict()):
             warnings.warn(f"resuming {self.ckpt_path} with a config that differs from the one it was trained with")
         for i, (model, state) in enumerate(zip(self.models, ckpt.get("peers", [ckpt["model"]]))):
             load_model_state(model, state, f"{where} (model {names[i]!r})")
@@ -471,12 +518,38 @@ class Trainer:
         """The loader's ``(images [, views], pids, camids, indices)`` as a :class:`Batch` on the
         device; pids are blanked to -1 for a method that learns without labels."""
         images, pids, camids, indices = raw
-        views = None
+        views, layout = None, self.input_format
         if isinstance(images, (list, tuple)):  # the method asked for (image, view) pairs
             images, views = images
-            views = views.to(self.device, non_blocking=True)
+            views = views.to(self.device, non_blocking=True, memory_format=layout)
         pids = pids.to(self.device) if self.method.uses_labels else torch.full_like(pids, -1, device=self.device)
-        return Batch(images.to(self.device, non_blocking=True), pids, camids.to(self.device), indices.to(self.device), views)
+        images = images.to(self.device, non_blocking=True, memory_format=layout)
+        return Batch(images, pids, camids.to(self.device), indices.to(self.device), views)
+
+    def train_step(self, raw, iteration: int = 0) -> tuple[Batch, torch.Tensor, dict[str, float]]:
+        """One optimiser step on a loader batch ``raw``: the method's loss, backward, update.
+
+        Returns:
+            ``(batch, total loss, loss parts)``.
+
+        Raises:
+            TrainingDiverged: the loss is not finite (``iteration``, 0-based, is named).
+        """
+        batch = self._batch(raw)
+        total, parts = self.method.training_step(batch)
+        if agree(not torch.isfinite(total)):  # every process stops together
+            raise TrainingDiverged(
+                f"loss became {total.item()} at epoch {self.epoch + 1}, iteration {iteration + 1} "
+                f"(parts: {parts}); the last good checkpoint {self.ckpt_path} is kept. "
+                "Lower optim.lr or turn train.amp off."
+            )
+        self._time_based_lr()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(total).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.method.after_step()
+        return batch, total, parts
 
     def train_one_epoch(self) -> dict:
         """One pass over the sampler; returns mean loss parts, lr and images/s."""
@@ -489,20 +562,7 @@ class Trainer:
         limit = self.cfg.train.iters_per_epoch
         bar = tqdm(self.loader, desc=f"epoch {self.epoch + 1}", leave=False, disable=None)
         for raw in bar:
-            batch = self._batch(raw)
-            total, parts = self.method.training_step(batch)
-            if agree(not torch.isfinite(total)):  # every process stops together
-                raise TrainingDiverged(
-                    f"loss became {total.item()} at epoch {self.epoch + 1}, iteration {n_iter + 1} "
-                    f"(parts: {parts}); the last good checkpoint {self.ckpt_path} is kept. "
-                    "Lower optim.lr or turn train.amp off."
-                )
-            self._time_based_lr()
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(total).backward()
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            self.method.after_step()
+            batch, total, parts = self.train_step(raw, n_iter)
             for k, v in parts.items():
                 sums[k] = sums.get(k, 0.0) + v
             n_iter, n_img = n_iter + 1, n_img + batch.images.shape[0]

@@ -110,22 +110,31 @@ class TrainingMethod(nn.Module):
         super().__init__()
         self.ctx = ctx
         self.__dict__["_wrap"] = None  # plain attributes: not submodules, not in state_dict()
+        self.__dict__["_outer"] = None
         self.__dict__["_wrapped"] = {}
 
     def distribute(self, wrap) -> None:
         """Route the models' training forward passes through ``wrap(model, method_name)``
         (``DistributedDataParallel``, :func:`reidkit.engine.distributed.data_parallel`)."""
         self.__dict__["_wrap"] = wrap
+        self._wrapped.clear()
+
+    def wrap_forwards(self, wrap) -> None:
+        """Route the models' training forward passes through ``wrap(fn) -> fn`` as well, outside
+        the data-parallel wrapper (``torch.compile``: :class:`reidkit.engine.speed.CompiledForward`)."""
+        self.__dict__["_outer"] = wrap
+        self._wrapped.clear()
 
     def forward_of(self, i: int, method: str = "forward_train"):
         """The callable a step uses for ``models[i].<method>(x)``: the model's own method, or
         its data-parallel wrapper once :meth:`distribute` was called (gradients are averaged
-        over the processes)."""
-        if self._wrap is None:
+        over the processes), inside the wrapper of :meth:`wrap_forwards` when one is set."""
+        if self._wrap is None and self._outer is None:
             return getattr(self.models[i], method)
         key = (i, method)
         if key not in self._wrapped:
-            self._wrapped[key] = self._wrap(self.models[i], method)
+            fn = getattr(self.models[i], method) if self._wrap is None else self._wrap(self.models[i], method)
+            self._wrapped[key] = fn if self._outer is None else self._outer(fn)
         return self._wrapped[key]
 
     @property
