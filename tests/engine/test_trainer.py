@@ -108,6 +108,10 @@ def test_time_based_schedule(tmp_path):
 
     assert schedule_epoch(30.0, 1.0, 10) == 5.0
     assert schedule_epoch(120.0, 1.0, 10) == 10.0
+    # a machine faster than the budget anneals by the epochs it has done
+    assert schedule_epoch(30.0, 1.0, 10, epochs_done=7.5) == 7.5
+    assert schedule_epoch(30.0, 1.0, 10, epochs_done=2.0) == 5.0
+    assert schedule_epoch(1.0, 1.0, 10, epochs_done=12.0) == 10.0
     with pytest.raises(ConfigError, match="max_minutes"):
         schedule_epoch(1.0, None, 10)
     cfg = tiny_config(max_epochs=1000, max_minutes=0.05)

@@ -507,8 +507,13 @@ def _check_ints(values, key: str, low: int) -> None:
     )
 
 
+MAX_INPUT_SIDE = 2048  # pixels; ReID inputs are 256 x 128 to 384 x 192: larger is a typo that would exhaust memory
+MAX_RANK = 100_000  # the CMC length; the curve costs 8 bytes per rank
+
+
 def _check_data(d: DataConfig) -> None:
-    _rule(d.height >= 8 and d.width >= 8, "data.height/width", (d.height, d.width), "sizes >= 8 pixels")
+    _rule(8 <= d.height <= MAX_INPUT_SIDE and 8 <= d.width <= MAX_INPUT_SIDE, "data.height/width", (d.height, d.width),
+          f"sizes of 8..{MAX_INPUT_SIDE} pixels")
     for key in ("flip_p", "random_erasing_p"):
         _rule(_finite(getattr(d, key)) and 0 <= getattr(d, key) <= 1, f"data.{key}", getattr(d, key), "a probability in [0, 1]")
     _rule(d.pad >= 0, "data.pad", d.pad, "pixels >= 0")
@@ -568,7 +573,7 @@ def _check_options(options: dict | None, key: str, valid: dict[str, tuple[type, 
 def _check_methods(cfg: "Config") -> None:
     e, m, mu = cfg.eval, cfg.msgr, cfg.mutual
     _rule(e.metric in ("euclidean", "sqeuclidean", "cosine"), "eval.metric", e.metric, "euclidean, sqeuclidean or cosine")
-    _rule(e.max_rank >= 1, "eval.max_rank", e.max_rank, "an integer >= 1")
+    _rule(1 <= e.max_rank <= MAX_RANK, "eval.max_rank", e.max_rank, f"an integer in 1..{MAX_RANK}")
     _rule(_finite(e.local_weight) and e.local_weight >= 0, "eval.local_weight", e.local_weight, "a number >= 0")
     _rule(e.backend in ("auto", "torch", "onnxruntime"), "eval.backend", e.backend, "auto, torch or onnxruntime")
     _rule(e.single_shot_repeats >= 0, "eval.single_shot_repeats", e.single_shot_repeats, "an integer >= 0")

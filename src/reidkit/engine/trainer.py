@@ -145,15 +145,25 @@ def lr_factor(epoch: float, cfg: SchedConfig, max_epochs: int) -> float:
     raise ConfigError(f"sched.name: unknown schedule {cfg.name!r}; valid: step, cosine, constant")
 
 
-def schedule_epoch(elapsed_seconds: float, max_minutes: float | None, max_epochs: int) -> float:
-    """The (fractional) schedule epoch of a time-based schedule: budget share x ``max_epochs``.
+def schedule_epoch(
+    elapsed_seconds: float, max_minutes: float | None, max_epochs: int, epochs_done: float = 0.0
+) -> float:
+    """The (fractional) schedule epoch of a time-based schedule: the larger of the budget share
+    x ``max_epochs`` and the epochs actually done, so the schedule completes on a machine too
+    slow for ``max_epochs`` in the budget (by time) and on one fast enough (by epochs) alike.
+
+    Args:
+        elapsed_seconds: training time spent so far.
+        max_minutes: the budget ``train.max_minutes``.
+        max_epochs: ``train.max_epochs``.
+        epochs_done: epochs completed, fractional within the current one.
 
     Raises:
         ConfigError: no ``train.max_minutes`` budget is set.
     """
     if not max_minutes:
         raise ConfigError("sched.by_time needs a wall-clock budget train.max_minutes")
-    return min(1.0, elapsed_seconds / (max_minutes * 60)) * max_epochs
+    return min(max_epochs, max(min(1.0, elapsed_seconds / (max_minutes * 60)) * max_epochs, epochs_done))
 
 
 def _tensorboard_writer(log_dir: Path):
@@ -500,12 +510,17 @@ class Trainer:
             self._tensorboard.flush()
 
     # ------------------------------------------------------------------ loop
-    def _time_based_lr(self) -> None:
+    def _time_based_lr(self, iteration: int = 0) -> None:
         """With ``sched.by_time``, set the learning rate from the share of the wall-clock budget
-        spent: the schedule's epoch is ``elapsed / budget * max_epochs`` (fractional)."""
+        spent or of the epochs done, whichever is further (:func:`schedule_epoch`); ``iteration``
+        is the 0-based iteration within the current epoch."""
         if not self.cfg.sched.by_time:
             return
-        epoch = schedule_epoch(self.elapsed, self.cfg.train.max_minutes, self.cfg.train.max_epochs)
+        per_epoch = len(self.loader)
+        if self.cfg.train.iters_per_epoch:
+            per_epoch = min(per_epoch, self.cfg.train.iters_per_epoch)
+        done = self.epoch + iteration / max(per_epoch, 1)
+        epoch = schedule_epoch(self.elapsed, self.cfg.train.max_minutes, self.cfg.train.max_epochs, done)
         factor = lr_factor(epoch, self.cfg.sched, self.cfg.train.max_epochs)
         for group in self.optimizer.param_groups:
             group["lr"] = group["initial_lr"] * factor
@@ -543,7 +558,7 @@ class Trainer:
                 f"(parts: {parts}); the last good checkpoint {self.ckpt_path} is kept. "
                 "Lower optim.lr or turn train.amp off."
             )
-        self._time_based_lr()
+        self._time_based_lr(iteration)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(total).backward()
         self.scaler.step(self.optimizer)
@@ -611,10 +626,10 @@ class Trainer:
                 self.scheduler.step()
             self.epoch += 1
             record.update(epoch=self.epoch, elapsed_minutes=self.elapsed / 60)
+            if cfg.eval_every and self.epoch % cfg.eval_every == 0 and self.epoch < cfg.max_epochs:
+                record.update(self.evaluate())  # before the save: the checkpoint's record holds the metrics too
             self.records.append(dict(record))
             self._save()  # the checkpoint carries the record: a kill before the log line loses nothing
-            if cfg.eval_every and self.epoch % cfg.eval_every == 0 and self.epoch < cfg.max_epochs:
-                record.update(self.evaluate())
             self._append_log(record)
             self.log(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
         results = {"epochs": self.epoch, "train_minutes": self.elapsed / 60, **self.evaluate()}
