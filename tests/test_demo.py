@@ -1,6 +1,7 @@
 """The synthetic task is a real task: brief training clearly beats the untrained model."""
 
 import json
+import os
 
 import pytest
 
@@ -8,6 +9,10 @@ from reidkit.demo import run_demo
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(
+    not os.environ.get("REIDKIT_DEMO_TEST"),
+    reason="the whole demo recipe (4 minutes on 2 cores); .ci/run runs it after make test with REIDKIT_DEMO_TEST=1",
+)
 def test_brief_training_beats_untrained(tmp_path):
     # The demo recipe as `make demo` runs it (about two minutes on 2 CPU cores), without its
     # wall-clock cap so that a busy machine cannot shorten training.
