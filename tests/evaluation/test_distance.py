@@ -88,3 +88,18 @@ def test_prepared_gallery_equals_compute_distance_matrix(metric):
     assert torch.equal(gallery_distances(g, metric)(q), compute_distance_matrix(q, g, metric))
     with pytest.raises(ValueError, match="same embedding size"):
         gallery_distances(g, metric)(torch.randn(2, 5))
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "sqeuclidean", "cosine"])
+def test_prepared_gallery_into_a_reused_buffer_is_bit_identical(metric):
+    # evaluate_rank_from_features writes each block into a pooled buffer; a stale buffer
+    # (here: NaN-filled) must be overwritten entirely and give the very same float32 values.
+    from reidkit.evaluation.distance import gallery_distances
+
+    torch.manual_seed(1)
+    q, g = torch.randn(33, 64), torch.randn(301, 64)
+    distances = gallery_distances(g, metric)
+    buffer = torch.full((40, 301), float("nan"))
+    got = distances(q, out=buffer[:33])
+    assert got.data_ptr() == buffer.data_ptr()
+    assert torch.equal(got, compute_distance_matrix(q, g, metric))

@@ -236,6 +236,28 @@ def test_from_features_equals_full_matrix_exactly(metric, block_size):
     assert blocked.num_skipped_queries == full.num_skipped_queries
 
 
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+def test_from_features_with_pooled_blocks_equals_full_matrix_on_float_features(metric):
+    # Float features (no exact ties) over many blocks ranked on several threads: the pooled,
+    # reused block buffers give exactly what the full matrix gives.
+    rng = np.random.default_rng(8)
+    qf = torch.from_numpy(rng.standard_normal((61, 32)).astype(np.float32))
+    gf = torch.from_numpy(rng.standard_normal((97, 32)).astype(np.float32))
+    _, q_pids, g_pids, q_camids, g_camids = random_problem(9, num_query=61, num_gallery=97)
+    labels = (q_pids, g_pids, q_camids, g_camids)
+    full = quietly(evaluate_rank, compute_distance_matrix(qf, gf, metric), *labels, max_rank=20)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(3)
+        blocked = quietly(
+            evaluate_rank_from_features, qf, gf, *labels, metric=metric, max_rank=20, block_size=4
+        )
+    finally:
+        torch.set_num_threads(threads)
+    np.testing.assert_array_equal(blocked.cmc, full.cmc)
+    assert (blocked.mAP, blocked.mINP) == (full.mAP, full.mINP)
+
+
 def test_from_features_cosine_matches_full_matrix_and_reference():
     rng = np.random.default_rng(4)
     qf, gf = rng.normal(size=(20, 8)), rng.normal(size=(40, 8))  # numpy float64 is accepted

@@ -13,20 +13,29 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
-def _squared_euclidean(qf: Tensor, gf: Tensor, g_sqnorm: Tensor | None = None) -> Tensor:
-    """``||q||^2 + ||g||^2 - 2 q.g``, clamped at 0 against rounding; ``(M, N)``."""
+def _squared_euclidean(
+    qf: Tensor, gf: Tensor, g_sqnorm: Tensor | None = None, out: Tensor | None = None
+) -> Tensor:
+    """``||q||^2 + ||g||^2 - 2 q.g``, clamped at 0 against rounding; ``(M, N)``, written into
+    ``out`` when given (the same values bit for bit)."""
     g_sqnorm = gf.pow(2).sum(dim=1) if g_sqnorm is None else g_sqnorm  # (N,)
-    dist = qf.pow(2).sum(dim=1, keepdim=True) + g_sqnorm  # (M, N)
+    q_sqnorm = qf.pow(2).sum(dim=1, keepdim=True)  # (M, 1)
+    dist = q_sqnorm + g_sqnorm if out is None else torch.add(q_sqnorm, g_sqnorm, out=out)
     return dist.addmm_(qf, gf.T, alpha=-2).clamp_(min=0)
 
 
-def _euclidean(qf: Tensor, gf: Tensor, g_sqnorm: Tensor | None = None) -> Tensor:
-    return _squared_euclidean(qf, gf, g_sqnorm).sqrt_()
+def _euclidean(
+    qf: Tensor, gf: Tensor, g_sqnorm: Tensor | None = None, out: Tensor | None = None
+) -> Tensor:
+    return _squared_euclidean(qf, gf, g_sqnorm, out).sqrt_()
 
 
-def _cosine(qf: Tensor, gf: Tensor, g_normalized: bool = False) -> Tensor:
+def _cosine(
+    qf: Tensor, gf: Tensor, g_normalized: bool = False, out: Tensor | None = None
+) -> Tensor:
     gn = gf if g_normalized else F.normalize(gf, dim=1)
-    similarity = F.normalize(qf, dim=1) @ gn.T  # (M, N), larger is closer
+    qn = F.normalize(qf, dim=1)
+    similarity = qn @ gn.T if out is None else torch.mm(qn, gn.T, out=out)  # larger is closer
     return similarity.neg_().add_(1)
 
 
@@ -106,7 +115,12 @@ def gallery_distances(gf: Tensor, metric: str = "euclidean") -> Callable[[Tensor
         metric: as :func:`compute_distance_matrix`.
 
     Returns:
-        A function ``(M, D) -> (M, N)`` float32 distances, smaller is closer.
+        A function ``f(qf, out=None)``: ``qf (M, D) -> (M, N)`` float32 distances, smaller is
+        closer. ``out``, an ``(M, N)`` contiguous float32 tensor on the gallery's device, receives
+        them (the same values bit for bit) and is returned: reusing one buffer for many blocks
+        saves a fresh allocation per block, which on Linux CPUs costs a page fault per 4 KiB
+        (glibc returns large blocks to the kernel on free) and halved the distance step's speed
+        (``benchmarks/bench_evaluate_rank.py``).
 
     Raises:
         TypeError, ValueError: as :func:`compute_distance_matrix` (checked per block for the query).
@@ -116,16 +130,16 @@ def gallery_distances(gf: Tensor, metric: str = "euclidean") -> Callable[[Tensor
     if metric == "cosine":
         gn = F.normalize(g, dim=1)
 
-        def cosine_to_gallery(qf: Tensor) -> Tensor:
+        def cosine_to_gallery(qf: Tensor, out: Tensor | None = None) -> Tensor:
             check_features(qf, g, metric)
-            return _cosine(qf.float(), gn, g_normalized=True)
+            return _cosine(qf.float(), gn, g_normalized=True, out=out)
 
         return cosine_to_gallery
     sq = g.pow(2).sum(dim=1)  # (N,)
     euclid = _euclidean if metric == "euclidean" else _squared_euclidean
 
-    def euclidean_to_gallery(qf: Tensor) -> Tensor:
+    def euclidean_to_gallery(qf: Tensor, out: Tensor | None = None) -> Tensor:
         check_features(qf, g, metric)
-        return euclid(qf.float(), g, sq)
+        return euclid(qf.float(), g, sq, out)
 
     return euclidean_to_gallery
