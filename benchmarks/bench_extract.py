@@ -18,6 +18,10 @@ Paths, each from the image files to a ``(N, D)`` float32 matrix at 256 x 128, ba
   printed on its own.
 * ``reidkit bf16``: torch with bfloat16 autocast + channels-last, only on CPUs with native bf16.
 
+All baselines run first, under glibc's default allocator; reidkit's rows then run with freed
+memory kept for reuse (:func:`reidkit.engine.speed.reuse_freed_memory`, as the ``reidkit``
+inference commands do; ``--no-reuse-memory`` leaves the default).
+
 ``cos`` is the smallest per-image cosine similarity to the ``reidkit torch`` features (larger is
 closer). MobileNetV2 gets the ImageNet weights of ``--mobilenet-weights`` when that file exists
 (randomly initialised MobileNetV2 produces denormal activations that make eager torch unusually
@@ -41,6 +45,7 @@ from reidkit.data import read_image
 from reidkit.data.loader import eval_loader
 from reidkit.data.transforms import IMAGENET_MEAN, IMAGENET_STD, TransformConfig, build_transforms
 from reidkit.engine.runtime import cpu_has_native_bf16
+from reidkit.engine.speed import reuse_freed_memory
 from reidkit.evaluation.features import extract_features, last_backend
 from reidkit.inference.backends import cpu_threads, onnx_backend_for
 from reidkit.models import create_model
@@ -88,11 +93,19 @@ def min_cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float(((a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)).min())
 
 
-def bench_model(name: str, paths: list[str], args) -> None:
+def bench_baseline(name: str, paths: list[str], args) -> tuple[np.ndarray, float]:
+    """The torchreid baseline's features and seconds, under glibc's default allocator."""
     model = build(name, args.mobilenet_weights)
-    model(torch.zeros(2, 3, *SIZE))  # warm-up (oneDNN kernels)
+    with torch.no_grad():
+        model(torch.zeros(2, 3, *SIZE))  # warm-up (oneDNN kernels)
+    return timed(lambda: torchreid_baseline(model, paths, args.batch))
+
+
+def bench_model(name: str, paths: list[str], args, base: np.ndarray, t_base: float) -> None:
+    model = build(name, args.mobilenet_weights)
+    with torch.no_grad():
+        model(torch.zeros(2, 3, *SIZE))
     rows = []
-    base, t_base = timed(lambda: torchreid_baseline(model, paths, args.batch))
     ref, t_torch = timed(lambda: reidkit_path(model, paths, args.batch, "torch", False, args.workers))
     rows += [("torchreid FeatureExtractor (baseline)", t_base, min_cosine(base, ref)),
              (f"reidkit torch [{last_backend()}]", t_torch, 1.0)]
@@ -152,6 +165,8 @@ def main() -> None:
     parser.add_argument("--mobilenet-weights", type=Path, default=DEFAULT_WEIGHTS)
     parser.add_argument("--no-embedder", dest="embedder", action="store_false", help="skip Embedder crops/s")
     parser.add_argument("--no-decode", dest="decode", action="store_false", help="skip the decode section")
+    parser.add_argument("--no-reuse-memory", dest="reuse_memory", action="store_false",
+                        help="run reidkit's rows with glibc's default allocator too (REIDKIT_MALLOC=default)")
     args = parser.parse_args()
     exts = (".jpg", ".jpeg", ".png", ".bmp")
     paths = sorted(str(p) for p in Path(args.images).iterdir() if p.suffix.lower() in exts)[: args.limit]
@@ -163,8 +178,12 @@ def main() -> None:
           f"torch threads {torch.get_num_threads()}")
     if args.decode:
         bench_decode(paths, args.batch)
+    # The baselines first, with glibc's default allocator (what a torchreid user runs with);
+    # then reidkit's rows in the process state the reidkit CLI runs in (freed memory reused).
+    baselines = {name: bench_baseline(name, paths, args) for name in args.models}
+    print(f"\nreidkit's rows: freed memory reused (mallopt) {reuse_freed_memory(args.reuse_memory)}")
     for name in args.models:
-        bench_model(name, paths, args)
+        bench_model(name, paths, args, *baselines[name])
 
 
 if __name__ == "__main__":

@@ -7,6 +7,9 @@ step within float tolerance; the cached loader yields the pixels of the file loa
 
 import copy
 
+import subprocess
+import sys
+
 import pytest
 import torch
 from torch import nn
@@ -71,6 +74,7 @@ OPTIONS = {  # option -> (train section, data section)
     "threads": ({"threads": OTHER_THREADS}, {}),
     "flush_denormal": ({"flush_denormal": True}, {}),
     "cache": ({}, {"cache": "memory"}),
+    "reuse_memory": ({"reuse_memory": True}, {}),
     "all_but_compile": ({"channels_last": True, "threads": OTHER_THREADS, "flush_denormal": True}, {"cache": "memory"}),
 }
 
@@ -181,6 +185,7 @@ def test_cache_logs_what_it_holds(tmp_path):
     ("train.compile=maybe", r"train\.compile"),
     ("train.channels_last=1", r"train\.channels_last"),
     ("train.flush_denormal=sometimes", r"train\.flush_denormal"),
+    ("train.reuse_memory=often", r"train\.reuse_memory"),
 ])
 def test_config_errors_are_one_line(override, match):
     with pytest.raises(ConfigError, match=match) as err:
@@ -251,3 +256,31 @@ def test_resume_may_change_speed_options(tmp_path):
     cfg["train"]["max_epochs"] = 2
     with pytest.warns(UserWarning, match="config that differs"):
         Trainer(config_from_dict(cfg), tmp_path / "run", resume=True, log=quiet)
+
+
+_FAULTS_SCRIPT = """
+import resource, sys, torch
+from reidkit.engine import speed
+
+def faults_of_a_fresh_64mib_tensor():
+    torch.empty(16 << 20).fill_(1.0)  # allocated, written, freed
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    torch.empty(16 << 20).fill_(2.0)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+default = faults_of_a_fresh_64mib_tensor()
+enabled = speed.reuse_freed_memory()
+print(default, enabled, faults_of_a_fresh_64mib_tensor(), speed.reuse_freed_memory(False))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc mallopt")
+def test_reuse_freed_memory_stops_the_page_faults_of_large_tensors():
+    """glibc's default maps a 64 MiB tensor afresh each time (16,384 pages fault in on first
+    write); with the switch on, the second tensor reuses the first one's pages."""
+    out = subprocess.run([sys.executable, "-c", _FAULTS_SCRIPT], capture_output=True, text=True,
+                         check=True, timeout=120).stdout.split()
+    default_faults, enabled, reused_faults, still_on = int(out[0]), out[1], int(out[2]), out[3]
+    assert enabled == "True" and still_on == "True"
+    assert default_faults >= 32  # 16,384 pages of 4 KiB (32 with transparent huge pages)
+    assert reused_faults < default_faults / 10

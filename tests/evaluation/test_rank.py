@@ -236,13 +236,14 @@ def test_from_features_equals_full_matrix_exactly(metric, block_size):
     assert blocked.num_skipped_queries == full.num_skipped_queries
 
 
-@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
-def test_from_features_with_pooled_blocks_equals_full_matrix_on_float_features(metric):
-    # Float features (no exact ties) over many blocks ranked on several threads: the pooled,
-    # reused block buffers give exactly what the full matrix gives.
+@pytest.mark.parametrize("metric", ["euclidean", "sqeuclidean"])
+def test_from_features_with_pooled_blocks_equals_full_matrix(metric):
+    # Many blocks ranked on several threads through the pooled, reused block buffers. Integer
+    # features up to +-20 make every product exact in float32 (whichever BLAS sums it), with
+    # many distinct distances, so the result must equal the full matrix's exactly.
     rng = np.random.default_rng(8)
-    qf = torch.from_numpy(rng.standard_normal((61, 32)).astype(np.float32))
-    gf = torch.from_numpy(rng.standard_normal((97, 32)).astype(np.float32))
+    qf = torch.from_numpy(rng.integers(-20, 21, size=(61, 32)).astype(np.float32))
+    gf = torch.from_numpy(rng.integers(-20, 21, size=(97, 32)).astype(np.float32))
     _, q_pids, g_pids, q_camids, g_camids = random_problem(9, num_query=61, num_gallery=97)
     labels = (q_pids, g_pids, q_camids, g_camids)
     full = quietly(evaluate_rank, compute_distance_matrix(qf, gf, metric), *labels, max_rank=20)
@@ -256,6 +257,32 @@ def test_from_features_with_pooled_blocks_equals_full_matrix_on_float_features(m
         torch.set_num_threads(threads)
     np.testing.assert_array_equal(blocked.cmc, full.cmc)
     assert (blocked.mAP, blocked.mINP) == (full.mAP, full.mINP)
+
+
+@pytest.mark.parametrize("gemm", ["numpy", "torch"])
+def test_from_features_float_features_match_full_matrix_with_either_blas(gemm, monkeypatch):
+    # Float features: the blocked product may differ from the whole one in the last bits, so
+    # compare with a gap between distances far above float32 rounding (no near-ties).
+    from reidkit.evaluation import distance
+
+    monkeypatch.setenv(distance.GEMM_ENV, gemm)
+    distance.numpy_gemm_default.cache_clear()
+    try:
+        assert distance.numpy_gemm_default() == (gemm == "numpy")
+        rng = np.random.default_rng(12)  # a draw whose sorted rows have no gap below 1e-5
+        qf = torch.from_numpy(rng.standard_normal((40, 16)).astype(np.float32))
+        gf = torch.from_numpy(rng.standard_normal((120, 16)).astype(np.float32))
+        _, q_pids, g_pids, q_camids, g_camids = random_problem(11, num_query=40, num_gallery=120)
+        labels = (q_pids, g_pids, q_camids, g_camids)
+        dist = compute_distance_matrix(qf, gf, "euclidean")
+        ordered = np.sort(dist.numpy(), axis=1)
+        assert np.diff(ordered, axis=1).min() > 1e-5  # every gap >> float32 rounding (~1e-6)
+        full = quietly(evaluate_rank, dist, *labels, max_rank=20)
+        blocked = quietly(evaluate_rank_from_features, qf, gf, *labels, max_rank=20, block_size=7)
+        np.testing.assert_array_equal(blocked.cmc, full.cmc)
+        assert blocked.mAP == pytest.approx(full.mAP, abs=1e-12)
+    finally:
+        distance.numpy_gemm_default.cache_clear()
 
 
 def test_from_features_cosine_matches_full_matrix_and_reference():

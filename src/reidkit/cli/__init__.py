@@ -72,6 +72,12 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
     print(f"reidkit: warning: {one_line(Warning(str(message)))}", file=sys.stderr)
 
 
+INFERENCE_COMMANDS = ("eval", "extract", "search", "index", "serve", "actmap", "export")
+"""Commands that run models without a training config: they keep freed memory for reuse
+(:func:`reidkit.engine.speed.reuse_freed_memory`) unless ``REIDKIT_MALLOC=default``; ``train``
+and ``splits`` follow ``train.reuse_memory``."""
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI with ``argv`` (default ``sys.argv[1:]``); returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -85,6 +91,10 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     debug = os.environ.get("REIDKIT_DEBUG") == "1"
     previous, warnings.showwarning = warnings.showwarning, _show_warning if not debug else warnings.showwarning
+    if args.command in INFERENCE_COMMANDS and os.environ.get("REIDKIT_MALLOC") != "default":
+        from ..engine.speed import reuse_freed_memory
+
+        reuse_freed_memory()
     try:
         return args.func(args)
     except KeyboardInterrupt:

@@ -271,6 +271,9 @@ class TrainConfig:
         flush_denormal: flush denormal floats (below ~1.2e-38) to zero on CPU
             (``torch.set_flush_denormal``, for the whole process); x86 CPUs compute on
             denormals many times slower, and randomly initialised networks produce them.
+        reuse_memory: keep freed memory in the process for the next step's tensors (glibc
+            ``mallopt``, for the whole process; :func:`reidkit.engine.speed.reuse_freed_memory`)
+            instead of page-faulting fresh pages for every large tensor. No effect off Linux.
     """
 
     max_epochs: int = 60
@@ -284,6 +287,7 @@ class TrainConfig:
     compile: bool = False
     threads: int | None = None
     flush_denormal: bool = False
+    reuse_memory: bool = False
 
 
 @dataclass

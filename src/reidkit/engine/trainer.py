@@ -348,6 +348,7 @@ class Trainer:
             raise ConfigError(f"train.compile: {reason}; set train.compile: false")
         speed.set_threads(cfg.train.threads)
         speed.set_flush_denormal(cfg.train.flush_denormal)
+        speed.reuse_freed_memory(cfg.train.reuse_memory)
         self.train_ds, self.eval_ds = build_datasets(cfg.data)
         num_classes = self.train_ds.num_train_pids
         if num_classes < 2:

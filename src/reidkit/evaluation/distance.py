@@ -6,36 +6,28 @@ device of the inputs.
 
 from __future__ import annotations
 
+import os
+from functools import lru_cache
 from typing import Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 
-def _squared_euclidean(
-    qf: Tensor, gf: Tensor, g_sqnorm: Tensor | None = None, out: Tensor | None = None
-) -> Tensor:
-    """``||q||^2 + ||g||^2 - 2 q.g``, clamped at 0 against rounding; ``(M, N)``, written into
-    ``out`` when given (the same values bit for bit)."""
-    g_sqnorm = gf.pow(2).sum(dim=1) if g_sqnorm is None else g_sqnorm  # (N,)
-    q_sqnorm = qf.pow(2).sum(dim=1, keepdim=True)  # (M, 1)
-    dist = q_sqnorm + g_sqnorm if out is None else torch.add(q_sqnorm, g_sqnorm, out=out)
+def _squared_euclidean(qf: Tensor, gf: Tensor) -> Tensor:
+    """``||q||^2 + ||g||^2 - 2 q.g``, clamped at 0 against rounding; ``(M, N)``."""
+    dist = qf.pow(2).sum(dim=1, keepdim=True) + gf.pow(2).sum(dim=1)  # (M, N)
     return dist.addmm_(qf, gf.T, alpha=-2).clamp_(min=0)
 
 
-def _euclidean(
-    qf: Tensor, gf: Tensor, g_sqnorm: Tensor | None = None, out: Tensor | None = None
-) -> Tensor:
-    return _squared_euclidean(qf, gf, g_sqnorm, out).sqrt_()
+def _euclidean(qf: Tensor, gf: Tensor) -> Tensor:
+    return _squared_euclidean(qf, gf).sqrt_()
 
 
-def _cosine(
-    qf: Tensor, gf: Tensor, g_normalized: bool = False, out: Tensor | None = None
-) -> Tensor:
-    gn = gf if g_normalized else F.normalize(gf, dim=1)
-    qn = F.normalize(qf, dim=1)
-    similarity = qn @ gn.T if out is None else torch.mm(qn, gn.T, out=out)  # larger is closer
+def _cosine(qf: Tensor, gf: Tensor) -> Tensor:
+    similarity = F.normalize(qf, dim=1) @ F.normalize(gf, dim=1).T  # (M, N), larger is closer
     return similarity.neg_().add_(1)
 
 
@@ -105,10 +97,59 @@ def compute_distance_matrix(qf: Tensor, gf: Tensor, metric: str = "euclidean") -
     return _METRICS[metric](qf.float(), gf.float())
 
 
+GEMM_ENV = "REIDKIT_GEMM"
+"""Environment variable choosing the float32 matrix product of :func:`gallery_distances` on CPU:
+``numpy`` (numpy's BLAS, OpenBLAS in numpy's wheels), ``torch`` (torch's, MKL in its x86
+builds), or unset: ``numpy`` on x86 CPUs not made by Intel, ``torch`` elsewhere."""
+
+
+@lru_cache(maxsize=1)
+def numpy_gemm_default() -> bool:
+    """Whether :func:`gallery_distances` multiplies with numpy's BLAS on this CPU by default.
+
+    Why not always torch: torch's x86 wheels link Intel MKL, whose float32 GEMM runs at 75-105
+    GFLOPS on a 2-core AMD EPYC where numpy's OpenBLAS reaches 102-152 on the same products
+    (``(b, 512) x (512, G)``, b = 102-1024; see ``benchmarks/bench_evaluate_rank.py``), and the
+    product is most of :func:`~reidkit.evaluation.evaluate_rank_from_features`'s time. On Intel
+    CPUs MKL is kept. The choice is fixed per machine (not timed per run), so a machine always
+    gives the same float32 distances; ``REIDKIT_GEMM`` overrides it.
+    """
+    choice = os.environ.get(GEMM_ENV, "").strip().lower()
+    if choice in ("numpy", "torch"):
+        return choice == "numpy"
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as info:
+            vendor = next((line.split(":", 1)[1].strip() for line in info if line.startswith("vendor_id")), "")
+    except OSError:
+        return False
+    return bool(vendor) and vendor != "GenuineIntel"
+
+
+def _product_into(a: Tensor, b: Tensor, out: Tensor | None) -> Tensor:
+    """``a @ b.T`` for ``a: (M, D)``, ``b: (N, D)`` float32 (into ``out`` when given), with
+    numpy's BLAS on CPU where :func:`numpy_gemm_default` says so and no gradient is needed."""
+    use_numpy = (
+        a.device.type == "cpu" and b.device.type == "cpu" and a.dtype == b.dtype == torch.float32
+        and not (torch.is_grad_enabled() and (a.requires_grad or b.requires_grad))
+        and numpy_gemm_default()
+    )
+    if not use_numpy:
+        return a @ b.T if out is None else torch.mm(a, b.T, out=out)
+    out = torch.empty(a.shape[0], b.shape[0]) if out is None else out
+    np.matmul(a.detach().numpy(), b.detach().numpy().T, out=out.numpy())
+    return out
+
+
 def gallery_distances(gf: Tensor, metric: str = "euclidean") -> Callable[[Tensor], Tensor]:
-    """Prepare a gallery once for many query blocks: ``f(qf_block)`` equals
-    ``compute_distance_matrix(qf_block, gf, metric)`` exactly, but the gallery's float32 copy,
-    squared norms (Euclidean) or normalised rows (cosine) are computed once, not per block.
+    """Prepare a gallery once for many query blocks: ``f(qf_block)`` gives the distances of
+    :func:`compute_distance_matrix` (same metric definitions, float32), with the gallery's
+    float32 copy, squared norms (Euclidean) or normalised rows (cosine) computed once.
+
+    The product ``qf @ gf.T`` is the BLAS call of :func:`numpy_gemm_default` (numpy's on
+    non-Intel x86 CPUs, torch's elsewhere), and a blocked product sums in another order than a
+    whole one, so values may differ from :func:`compute_distance_matrix`'s in the last float32
+    bits (about 1e-7 relative; both are float32 products of the same accuracy). Euclidean:
+    ``sqrt(max(||q||^2 + ||g||^2 - 2 q.g, 0))`` as there.
 
     Args:
         gf: ``(N, D)`` gallery embeddings.
@@ -117,10 +158,9 @@ def gallery_distances(gf: Tensor, metric: str = "euclidean") -> Callable[[Tensor
     Returns:
         A function ``f(qf, out=None)``: ``qf (M, D) -> (M, N)`` float32 distances, smaller is
         closer. ``out``, an ``(M, N)`` contiguous float32 tensor on the gallery's device, receives
-        them (the same values bit for bit) and is returned: reusing one buffer for many blocks
-        saves a fresh allocation per block, which on Linux CPUs costs a page fault per 4 KiB
-        (glibc returns large blocks to the kernel on free) and halved the distance step's speed
-        (``benchmarks/bench_evaluate_rank.py``).
+        them and is returned: reusing one buffer for many blocks saves a fresh allocation per
+        block, which on Linux CPUs costs a page fault per 4 KiB (glibc returns large blocks to
+        the kernel on free) and halved the distance step's speed (2-core AMD EPYC).
 
     Raises:
         TypeError, ValueError: as :func:`compute_distance_matrix` (checked per block for the query).
@@ -132,14 +172,18 @@ def gallery_distances(gf: Tensor, metric: str = "euclidean") -> Callable[[Tensor
 
         def cosine_to_gallery(qf: Tensor, out: Tensor | None = None) -> Tensor:
             check_features(qf, g, metric)
-            return _cosine(qf.float(), gn, g_normalized=True, out=out)
+            similarity = _product_into(F.normalize(qf.float(), dim=1), gn, out)  # larger is closer
+            return similarity.neg_().add_(1)
 
         return cosine_to_gallery
     sq = g.pow(2).sum(dim=1)  # (N,)
-    euclid = _euclidean if metric == "euclidean" else _squared_euclidean
+    root = metric == "euclidean"
 
     def euclidean_to_gallery(qf: Tensor, out: Tensor | None = None) -> Tensor:
         check_features(qf, g, metric)
-        return euclid(qf.float(), g, sq, out)
+        q = qf.float()
+        dist = _product_into(q, g, out).mul_(-2)  # -2 q.g (exact scaling)
+        dist.add_(q.pow(2).sum(dim=1, keepdim=True)).add_(sq).clamp_(min=0)
+        return dist.sqrt_() if root else dist
 
     return euclidean_to_gallery

@@ -200,11 +200,15 @@ def evaluate_rank_from_features(
 ) -> RankResult:
     """:func:`evaluate_rank` on distances computed from embeddings, one block of queries at a time.
 
-    Same result as ``evaluate_rank(compute_distance_matrix(qf, gf, metric), ...)`` but the full
+    The result of ``evaluate_rank(compute_distance_matrix(qf, gf, metric), ...)`` but the full
     ``(num_query, num_gallery)`` matrix is never materialised: each block of ``block_size`` query
     rows gets its ``(block_size, num_gallery)`` float32 distances (on the features' device, then
-    moved to the CPU), is ranked on a worker thread while the next block is computed, and is
-    freed. Extra memory is about ``16 * block_size * num_gallery`` bytes per block in flight
+    into a reused CPU buffer), is ranked on a worker thread while the next block is computed.
+    The distances come from :func:`~reidkit.evaluation.distance.gallery_distances` (on non-Intel
+    x86 CPUs numpy's BLAS, measured 1.5x faster than torch's MKL there), equal to the full
+    matrix's up to float32 rounding: two gallery items whose distances to a query are within
+    ~1e-7 relative of each other may swap places; exact-arithmetic inputs rank identically.
+    Extra memory is about ``16 * block_size * num_gallery`` bytes per block in flight
     (``torch.get_num_threads()`` of them) plus the features; the default ``block_size`` keeps it
     near :data:`MEMORY_BUDGET_BYTES`. No gradients are recorded.
 
