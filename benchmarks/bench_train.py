@@ -17,9 +17,11 @@ Rows, each timed on the same P x K batches (default 16 x 4 = 64 images) of the t
   ``train.amp: false``.
 * one row per lever, on alone: ``train.channels_last``, ``train.compile`` (inductor),
   ``data.cache: memory`` (with the default workers, and with ``data.num_workers: 0``),
-  ``train.threads`` (one core left to the loader), ``train.flush_denormal``, and ``train.amp``
+  ``train.threads`` (one core left to the loader), ``train.flush_denormal``, ``train.amp``
   (bfloat16) only where the CPU has native bfloat16 (elsewhere ``train.amp`` runs float32 and
-  the row is skipped);
+  the row is skipped), and last ``train.reuse_memory`` (glibc keeps freed memory; it cannot be
+  undone in a process, so it runs after the others and each model and size runs in a process
+  of its own, its baseline under the default allocator);
 * ``best``: the levers that were at least ``--helps`` faster than ``reidkit`` on this machine,
   together.
 
@@ -42,6 +44,7 @@ import gc
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -218,6 +221,9 @@ def lever_variants(args) -> dict[str, list[str]]:
         variants["bf16 (amp)"] = ["train.amp=true"]
     if speed.compile_unavailable(torch.device("cpu")):
         del variants["compile"]
+    # last: glibc's allocator setting cannot be undone in a process, so every row after it
+    # (only "best") runs with it
+    variants["reuse_memory"] = ["train.reuse_memory=true"]
     if args.variants is not None:
         variants = {k: v for k, v in variants.items() if k == "reidkit" or any(k.startswith(w) for w in args.variants)}
     return variants
@@ -295,6 +301,17 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def strip_options(argv: list[str], names: tuple[str, ...]) -> list[str]:
+    """``argv`` without the options ``names`` and their values (``--models a b`` and so on)."""
+    out, skipping = [], False
+    for item in argv:
+        if item.startswith("--"):
+            skipping = item.split("=", 1)[0] in names
+        if not skipping:
+            out.append(item)
+    return out
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", nargs="+", default=["mobilenet_v2", "osnet_x1_0"])
@@ -306,18 +323,20 @@ def main(argv=None) -> None:
     p.add_argument("--windows", type=int, default=5, help="timed windows per row (the median is reported)")
     p.add_argument("--iters", type=int, default=4, help="steps per timed window")
     p.add_argument("--variants", nargs="*", default=None,
-                   help="only these levers (channels_last compile cache threads flush_denormal bf16); reidkit always runs")
+                   help="only these levers (channels_last compile cache threads flush_denormal bf16 reuse_memory); reidkit always runs")
     p.add_argument("--helps", type=float, default=1.03, help="speed-up over reidkit's plain step that makes a lever part of 'best'")
     p.add_argument("--root", type=Path, default=DEFAULT_ROOT, help="CUHK01 campus folder")
     p.add_argument("--synthetic", action="store_true", help="synthetic JPEG files instead of CUHK01")
     p.add_argument("--mobilenet-weights", type=Path, default=DEFAULT_WEIGHTS)
+    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.batch % args.k or args.batch // args.k < 2:
         p.error("--batch must be a multiple of --k with at least 2 identities")
-    print(f"machine: {cpu_name()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads, native bf16: {cpu_has_native_bf16()}, "
-          f"compile: {speed.compile_unavailable(torch.device('cpu')) or 'available'}")
-    print("command: " + " ".join([Path(sys.argv[0]).name] + (sys.argv[1:] if argv is None else list(argv))))
+    if not args.child:  # the parent prints the header once
+        print(f"machine: {cpu_name()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+              f"{torch.get_num_threads()} threads, native bf16: {cpu_has_native_bf16()}, "
+              f"compile: {speed.compile_unavailable(torch.device('cpu')) or 'available'}")
+        print("command: " + " ".join([Path(sys.argv[0]).name] + (sys.argv[1:] if argv is None else list(argv))), flush=True)
     with tempfile.TemporaryDirectory(prefix="bench_train_") as tmp:
         work = Path(tmp)
         folder = None
@@ -329,10 +348,18 @@ def main(argv=None) -> None:
         section = data_section(args, (256, 128), folder)
         ds = create_dataset(section["name"], root=section["root"], **section["options"])
         samples = [tuple(s) for s in ds.train]
-        print(f"images: {section['root']} ({len(samples)} training images, {ds.num_train_pids} identities)")
-        for model in args.models:
-            for size in args.sizes:
-                print_table(args, model, size, bench(args, model, size, folder, copy.copy(samples), ds.num_train_pids, work))
+        if not args.child:
+            print(f"images: {section['root']} ({len(samples)} training images, {ds.num_train_pids} identities)", flush=True)
+        combos = [(model, size) for model in args.models for size in args.sizes]
+        if len(combos) > 1:  # one process each: the baseline must not inherit reuse_memory
+            for model, size in combos:
+                rest = sys.argv[1:] if argv is None else list(argv)
+                child = [sys.executable, __file__, *strip_options(rest, ("--models", "--sizes")),
+                         "--models", model, "--sizes", f"{size[0]}x{size[1]}", "--child"]
+                subprocess.run(child, check=False)
+            return
+        for model, size in combos:
+            print_table(args, model, size, bench(args, model, size, folder, copy.copy(samples), ds.num_train_pids, work))
 
 
 if __name__ == "__main__":
