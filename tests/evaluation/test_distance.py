@@ -106,3 +106,22 @@ def test_prepared_gallery_into_a_reused_buffer_gives_the_same_values(metric):
     assert got.data_ptr() == buffer.data_ptr()
     assert torch.equal(got, distances(q))
     torch.testing.assert_close(got, compute_distance_matrix(q, g, metric), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "sqeuclidean", "cosine"])
+def test_ranking_keys_sort_rows_like_the_distances(metric):
+    from reidkit.evaluation.distance import gallery_ranking_keys
+
+    torch.manual_seed(2)
+    q, g = torch.randn(20, 8), torch.randn(60, 8)
+    keys = gallery_ranking_keys(g, metric)(q)
+    q64, g64 = q.double(), g.double()
+    if metric == "cosine":
+        expected = -(F.normalize(q64, dim=1) @ F.normalize(g64, dim=1).T)
+    else:  # the squared distance minus the row's ||q||^2, halved
+        expected = (g64.pow(2).sum(1) / 2) - q64 @ g64.T
+    torch.testing.assert_close(keys.double(), expected, rtol=0, atol=1e-5)
+    distances = compute_distance_matrix(q, g, metric).double()
+    assert torch.equal(keys.argsort(dim=1, stable=True), distances.argsort(dim=1, stable=True))
+    buffer = torch.full((25, 60), float("nan"))
+    assert torch.equal(gallery_ranking_keys(g, metric)(q, out=buffer[:20]), keys)
