@@ -232,11 +232,24 @@ def measure(run: Callable[[], RankResult]) -> Measurement:
     return Measurement(result, seconds, cpu_seconds, traced_peak / MIB, rss_mib)
 
 
-def side_by_side(name: str, kind: str, shape: str, old: Callable, new: Callable, skip_old: bool):
-    """One table row: the new run, and the old one unless ``skip_old``."""
-    new_run = measure(new)
-    old_run = None if skip_old else measure(old)
-    return name, kind, shape, old_run, new_run
+def _median_run(runs: list[Measurement]) -> Measurement:
+    """The run with the median wall time; its memory columns are the largest of all runs."""
+    ordered = sorted(runs, key=lambda m: m.seconds)
+    middle = ordered[(len(ordered) - 1) // 2]
+    return Measurement(middle.result, middle.seconds, middle.cpu_seconds,
+                       max(m.traced_mib for m in runs), max(m.rss_mib for m in runs))
+
+
+def side_by_side(name: str, kind: str, shape: str, old: Callable, new: Callable, skip_old: bool,
+                 repeats: int = 1):
+    """One table row: the new run, and the old one unless ``skip_old``; with ``repeats`` > 1
+    the two alternate that many times and the median (by wall time) of each is kept."""
+    new_runs, old_runs = [], []
+    for _ in range(repeats):
+        new_runs.append(measure(new))
+        if not skip_old:
+            old_runs.append(measure(old))
+    return name, kind, shape, (_median_run(old_runs) if old_runs else None), _median_run(new_runs)
 
 
 def run_size(name: str, args: argparse.Namespace) -> list[tuple]:
@@ -253,6 +266,7 @@ def run_size(name: str, args: argparse.Namespace) -> list[tuple]:
             lambda: old_evaluate_rank(distmat, *labels, block_size=args.block_size),
             lambda: evaluate_rank(distmat, *labels, block_size=args.block_size),
             args.skip_old,
+            args.repeats,
         )
     ]
     del distmat
@@ -269,6 +283,7 @@ def run_size(name: str, args: argparse.Namespace) -> list[tuple]:
                 lambda: old_evaluate_rank_from_features(qf, gf, *labels, **options),
                 lambda: evaluate_rank_from_features(qf, gf, *labels, **options),
                 args.skip_old,
+                args.repeats,
             )
         )
     return rows
@@ -319,6 +334,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--block-size", type=int, default=None, help="default: automatic")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip-old", action="store_true", help="time the new code only")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="alternate old and new this many times and report the median of each")
     parser.add_argument("--memmap-dir", default=None, help="keep distmat in a file there")
     return parser.parse_args(argv)
 
