@@ -163,3 +163,23 @@ def test_set_model_kwargs_builds_that_model(tmp_path, capsys):
                  "--output", str(tmp_path / "f.npz")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "bogus" in err and "model.kwargs" in err
+
+
+@pytest.mark.parametrize("env, command, expected", [
+    (None, "models", 0), (None, "extract", 1), ("default", "extract", 0), (None, "train", 0),
+])
+def test_inference_commands_keep_freed_memory_unless_told(monkeypatch, env, command, expected):
+    """The inference commands switch glibc to reusing freed memory before they run (train
+    follows train.reuse_memory instead); REIDKIT_MALLOC=default leaves the allocator alone."""
+    from reidkit.engine import speed
+
+    calls = []
+    monkeypatch.setattr(speed, "reuse_freed_memory", lambda enabled=True: calls.append(enabled) or True)
+    if env is None:
+        monkeypatch.delenv("REIDKIT_MALLOC", raising=False)
+    else:
+        monkeypatch.setenv("REIDKIT_MALLOC", env)
+    argv = {"models": ["models"], "extract": ["extract", "--model", "nonexistent_model_xyz", "--output", "/nonexistent/x.npz"],
+            "train": ["train", "/nonexistent/config.yaml"]}[command]
+    main(argv)  # fails on its bad input after the switch (or not); only the switch matters here
+    assert len(calls) == expected
