@@ -30,7 +30,6 @@ position in the row, plus one, minus the dropped items before it. Blocks are ran
 
 from __future__ import annotations
 
-import threading
 import warnings
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -201,10 +200,12 @@ def evaluate_rank_from_features(
     """:func:`evaluate_rank` on distances computed from embeddings, one block of queries at a time.
 
     The result of ``evaluate_rank(compute_distance_matrix(qf, gf, metric), ...)`` but the full
-    ``(num_query, num_gallery)`` matrix is never materialised: each block of ``block_size`` query
-    rows gets its ``(block_size, num_gallery)`` float32 ranking keys (on the features' device,
-    then into a reused CPU buffer) and is ranked on a worker thread while the next block is
-    computed. The keys (:func:`~reidkit.evaluation.distance.gallery_ranking_keys`: ``||g||^2 / 2
+    ``(num_query, num_gallery)`` matrix is never materialised: ``block_size * workers`` query
+    rows at a time (``workers = torch.get_num_threads()``) get their float32 ranking keys (on the
+    features' device, then into one reused CPU buffer), which are then ranked in ``workers``
+    parts of ``block_size`` rows on as many threads. Product and ranking take turns, each with
+    every core, rather than overlapping (on 2 cores they otherwise compete for the cores and the
+    memory bandwidth; measured slower). The keys (:func:`~reidkit.evaluation.distance.gallery_ranking_keys`: ``||g||^2 / 2
     - q.g``, or ``-cos``) sort each row as its distances do, with one pass over the product
     instead of five; the product is numpy's BLAS on non-Intel x86 CPUs (measured 1.5x faster than
     torch's MKL there). Orders equal the full matrix's up to float32 rounding: two gallery items
@@ -236,14 +237,26 @@ def evaluate_rank_from_features(
     workers = _num_workers()
     block_size = _resolve_block_size(block_size, num_gallery, workers)
     _check_max_rank(max_rank, num_gallery)
-    with torch.no_grad():
-        distances = gallery_ranking_keys(gf, metric)  # gallery norms once, not per block
-        pool = _BlockBuffers(block_size, num_gallery)
-        blocks = (
-            (rows, pool.fill(rows, distances, qf, gf.device))
-            for rows in _row_blocks(num_query, block_size)
-        )
-        return _evaluate_blocks(blocks, labels, max_rank, workers, release=pool.release)
+    same_pid = _same_pid_index(labels)
+    step = block_size * workers  # query rows per product: one block of `workers` parts in flight
+    scores: list[_QueryScores] = []
+    with torch.no_grad(), ThreadPoolExecutor(workers) as pool:
+        keys = gallery_ranking_keys(gf, metric)  # gallery norms once, not per block
+        buffer = torch.empty(min(step, num_query), num_gallery)  # reused by every product
+        for rows in _row_blocks(num_query, step):
+            block = buffer[: rows.stop - rows.start]  # leading rows: contiguous
+            if gf.device.type == "cpu":
+                keys(qf[rows], out=block)
+            else:  # computed on the device, copied into the CPU buffer
+                block.copy_(keys(qf[rows]))
+            array = block.numpy()
+            parts = [
+                pool.submit(_score_block, part, array[part.start - rows.start : part.stop - rows.start], same_pid)
+                for part in _row_blocks_from(rows, block_size)
+            ]
+            scores.extend(part.result() for part in parts)  # ranked before the buffer is reused
+    first_rank, ap, inp = (np.concatenate(column) for column in zip(*scores))
+    return _summarise(_QueryScores(first_rank, ap, inp), max_rank)
 
 
 def auto_block_size(
@@ -269,23 +282,11 @@ def auto_block_size(
 
 
 def _evaluate_blocks(
-    blocks: Iterator[tuple[slice, np.ndarray]],
-    labels: _Labels,
-    max_rank: int,
-    workers: int,
-    release: Callable[[np.ndarray], None] | None = None,
+    blocks: Iterator[tuple[slice, np.ndarray]], labels: _Labels, max_rank: int, workers: int
 ) -> RankResult:
-    """Rank every ``(rows, (b, num_gallery) distances)`` block and summarise all queries;
-    ``release(block)`` is called when a block's ranking is done with its distances."""
+    """Rank every ``(rows, (b, num_gallery) distances)`` block and summarise all queries."""
     same_pid = _same_pid_index(labels)
-
-    def score(block: tuple[slice, np.ndarray]) -> _QueryScores:
-        try:
-            return _score_block(*block, same_pid)
-        finally:
-            if release is not None:
-                release(block[1])
-
+    score = lambda block: _score_block(*block, same_pid)  # noqa: E731
     scores = list(_map_in_order(score, blocks, workers))
     first_rank, ap, inp = (np.concatenate(column) for column in zip(*scores))
     return _summarise(_QueryScores(first_rank, ap, inp), max_rank)
@@ -594,45 +595,6 @@ def _block_items(same_pid: _SamePid, rows: slice) -> _Items:
 # --- input handling ------------------------------------------------------------------------------
 
 
-class _BlockBuffers:
-    """Reused CPU float32 buffers for the ``(b, G)`` distance blocks of
-    :func:`evaluate_rank_from_features`.
-
-    Why not a fresh tensor per block: glibc hands allocations this large back to the kernel on
-    free, so each new block pays a page fault per 4 KiB on first write; at Market-1501 size that
-    doubled the time of the distance step (2-core AMD EPYC, ``bench_evaluate_rank.py``). A
-    buffer is taken by :meth:`fill` and returned by :meth:`release` once its block is ranked;
-    at most ``workers + 1`` exist (the blocks in flight and the one being computed).
-    """
-
-    def __init__(self, block_size: int, num_gallery: int):
-        self._shape = (block_size, num_gallery)
-        self._free: list[Tensor] = []
-        self._owners: dict[int, Tensor] = {}
-        self._lock = threading.Lock()
-
-    def fill(
-        self, rows: slice, distances: Callable[..., Tensor], qf: Tensor, device: torch.device
-    ) -> np.ndarray:
-        """The ``(rows, G)`` float32 distances of ``qf[rows]`` in a pooled buffer, as numpy."""
-        with self._lock:
-            buffer = self._free.pop() if self._free else torch.empty(self._shape)
-        block = buffer[: rows.stop - rows.start]  # leading rows: contiguous
-        if device.type == "cpu":
-            distances(qf[rows], out=block)
-        else:  # computed on the device, copied into the CPU buffer
-            block.copy_(distances(qf[rows]))
-        array = block.numpy()
-        with self._lock:
-            self._owners[id(array)] = buffer
-        return array
-
-    def release(self, block: np.ndarray) -> None:
-        """Give back the buffer behind ``block``, an array :meth:`fill` returned."""
-        with self._lock:
-            self._free.append(self._owners.pop(id(block)))
-
-
 def _num_workers() -> int:
     return max(1, torch.get_num_threads())
 
@@ -640,6 +602,12 @@ def _num_workers() -> int:
 def _row_blocks(num_rows: int, block_size: int) -> Iterator[slice]:
     for start in range(0, num_rows, block_size):
         yield slice(start, min(start + block_size, num_rows))
+
+
+def _row_blocks_from(rows: slice, block_size: int) -> Iterator[slice]:
+    """``rows`` cut into slices of ``block_size`` rows (absolute indices)."""
+    for start in range(rows.start, rows.stop, block_size):
+        yield slice(start, min(start + block_size, rows.stop))
 
 
 def _cpu_block(block: ArrayLike) -> np.ndarray:
