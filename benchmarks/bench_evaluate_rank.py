@@ -337,7 +337,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=1,
                         help="alternate old and new this many times and report the median of each")
     parser.add_argument("--memmap-dir", default=None, help="keep distmat in a file there")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.repeats < 1:
+        parser.error(f"--repeats must be >= 1, got {args.repeats}")
+    return args
 
 
 def main(argv: list[str] | None = None) -> None:

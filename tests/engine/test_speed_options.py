@@ -7,7 +7,6 @@ step within float tolerance; the cached loader yields the pixels of the file loa
 
 import copy
 
-
 import pytest
 import torch
 from torch import nn

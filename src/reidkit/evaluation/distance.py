@@ -165,17 +165,11 @@ def gallery_distances(gf: Tensor, metric: str = "euclidean") -> Callable[[Tensor
     Raises:
         TypeError, ValueError: as :func:`compute_distance_matrix` (checked per block for the query).
     """
+    if metric == "cosine":  # 1 - cos: the ranking key -cos, plus one
+        negative_cosine = gallery_ranking_keys(gf, metric)
+        return lambda qf, out=None: negative_cosine(qf, out).add_(1)
     check_features(gf, gf, metric)
     g = gf.float()
-    if metric == "cosine":
-        gn = F.normalize(g, dim=1)
-
-        def cosine_to_gallery(qf: Tensor, out: Tensor | None = None) -> Tensor:
-            check_features(qf, g, metric)
-            similarity = _product_into(F.normalize(qf.float(), dim=1), gn, out)  # larger is closer
-            return similarity.neg_().add_(1)
-
-        return cosine_to_gallery
     sq = g.pow(2).sum(dim=1)  # (N,)
     root = metric == "euclidean"
 
@@ -227,8 +221,9 @@ def gallery_ranking_keys(gf: Tensor, metric: str = "euclidean") -> Callable[...,
     def euclidean_keys(qf: Tensor, out: Tensor | None = None) -> Tensor:
         check_features(qf, g, metric)
         product = _product_into(qf.float(), g, out)  # (M, N) q.g
-        if product.device.type == "cpu" and not product.requires_grad:  # one single-threaded pass (no OpenMP spinning
-            np.subtract(half_sq.numpy(), product.numpy(), out=product.numpy())  # beside the rankers)
+        if product.device.type == "cpu" and not product.requires_grad:
+            # numpy's single-threaded pass: no OpenMP pool left spinning beside the rankers
+            np.subtract(half_sq.numpy(), product.numpy(), out=product.numpy())
             return product
         return torch.sub(half_sq, product, out=product)
 
