@@ -236,11 +236,25 @@ def test_from_features_equals_full_matrix_exactly(metric, block_size):
     assert blocked.num_skipped_queries == full.num_skipped_queries
 
 
-@pytest.mark.parametrize("metric", ["euclidean", "sqeuclidean"])
-def test_from_features_with_pooled_blocks_equals_full_matrix(metric):
+@pytest.fixture(params=["numpy", "torch"])
+def gemm(request, monkeypatch):
+    """Each BLAS choice, hence each block schedule: numpy's (products per thread), torch's
+    (one product for all threads' blocks, then ranking)."""
+    from reidkit.evaluation import distance
+
+    monkeypatch.setenv(distance.GEMM_ENV, request.param)
+    distance.numpy_gemm_default.cache_clear()
+    assert distance.numpy_gemm_default() == (request.param == "numpy")
+    yield request.param
+    distance.numpy_gemm_default.cache_clear()
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "sqeuclidean", "cosine"])
+def test_from_features_with_pooled_blocks_equals_full_matrix(metric, gemm):
     # Many blocks ranked on several threads through the pooled, reused block buffers. Integer
     # features up to +-20 make every product exact in float32 (whichever BLAS sums it), with
-    # many distinct distances, so the result must equal the full matrix's exactly.
+    # many distinct distances, so the result must equal the full matrix's exactly (cosine: as
+    # the reference, the normalisation's rounding leaves no exact ties to compare).
     rng = np.random.default_rng(8)
     qf = torch.from_numpy(rng.integers(-20, 21, size=(61, 32)).astype(np.float32))
     gf = torch.from_numpy(rng.integers(-20, 21, size=(97, 32)).astype(np.float32))
@@ -255,34 +269,40 @@ def test_from_features_with_pooled_blocks_equals_full_matrix(metric):
         )
     finally:
         torch.set_num_threads(threads)
+    if metric == "cosine":
+        assert_matches_reference(
+            blocked, reference_evaluate(compute_distance_matrix(qf, gf, metric).numpy(), *labels, max_rank=20)
+        )
+        return
     np.testing.assert_array_equal(blocked.cmc, full.cmc)
     assert (blocked.mAP, blocked.mINP) == (full.mAP, full.mINP)
 
 
-@pytest.mark.parametrize("gemm", ["numpy", "torch"])
-def test_from_features_float_features_match_full_matrix_with_either_blas(gemm, monkeypatch):
+def test_from_features_float_features_match_full_matrix_with_either_blas(gemm):
     # Float features: the blocked product may differ from the whole one in the last bits, so
     # compare with a gap between distances far above float32 rounding (no near-ties).
-    from reidkit.evaluation import distance
+    rng = np.random.default_rng(12)  # a draw whose sorted rows have no gap below 1e-5
+    qf = torch.from_numpy(rng.standard_normal((40, 16)).astype(np.float32))
+    gf = torch.from_numpy(rng.standard_normal((120, 16)).astype(np.float32))
+    _, q_pids, g_pids, q_camids, g_camids = random_problem(11, num_query=40, num_gallery=120)
+    labels = (q_pids, g_pids, q_camids, g_camids)
+    dist = compute_distance_matrix(qf, gf, "euclidean")
+    ordered = np.sort(dist.numpy(), axis=1)
+    assert np.diff(ordered, axis=1).min() > 1e-5  # every gap >> float32 rounding (~1e-6)
+    full = quietly(evaluate_rank, dist, *labels, max_rank=20)
+    blocked = quietly(evaluate_rank_from_features, qf, gf, *labels, max_rank=20, block_size=7)
+    np.testing.assert_array_equal(blocked.cmc, full.cmc)
+    assert blocked.mAP == pytest.approx(full.mAP, abs=1e-12)
 
-    monkeypatch.setenv(distance.GEMM_ENV, gemm)
-    distance.numpy_gemm_default.cache_clear()
-    try:
-        assert distance.numpy_gemm_default() == (gemm == "numpy")
-        rng = np.random.default_rng(12)  # a draw whose sorted rows have no gap below 1e-5
-        qf = torch.from_numpy(rng.standard_normal((40, 16)).astype(np.float32))
-        gf = torch.from_numpy(rng.standard_normal((120, 16)).astype(np.float32))
-        _, q_pids, g_pids, q_camids, g_camids = random_problem(11, num_query=40, num_gallery=120)
-        labels = (q_pids, g_pids, q_camids, g_camids)
-        dist = compute_distance_matrix(qf, gf, "euclidean")
-        ordered = np.sort(dist.numpy(), axis=1)
-        assert np.diff(ordered, axis=1).min() > 1e-5  # every gap >> float32 rounding (~1e-6)
-        full = quietly(evaluate_rank, dist, *labels, max_rank=20)
-        blocked = quietly(evaluate_rank_from_features, qf, gf, *labels, max_rank=20, block_size=7)
-        np.testing.assert_array_equal(blocked.cmc, full.cmc)
-        assert blocked.mAP == pytest.approx(full.mAP, abs=1e-12)
-    finally:
-        distance.numpy_gemm_default.cache_clear()
+
+def test_from_features_restores_the_blas_thread_count(gemm):
+    # The per-thread schedule limits the BLAS to one thread only for the duration of the call.
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    before = [pool["num_threads"] for pool in threadpoolctl.threadpool_info()]
+    _, q_pids, g_pids, q_camids, g_camids = random_problem(2, num_query=30, num_gallery=80)
+    qf, gf = torch.randn(30, 8), torch.randn(80, 8)
+    quietly(evaluate_rank_from_features, qf, gf, q_pids, g_pids, q_camids, g_camids, max_rank=10, block_size=4)
+    assert [pool["num_threads"] for pool in threadpoolctl.threadpool_info()] == before
 
 
 def test_from_features_cosine_matches_full_matrix_and_reference():

@@ -209,11 +209,11 @@ def gallery_ranking_keys(gf: Tensor, metric: str = "euclidean") -> Callable[...,
     check_features(gf, gf, metric)
     g = gf.float()
     if metric == "cosine":
-        gn = F.normalize(g, dim=1)
+        negative_gn = F.normalize(g, dim=1).neg_()  # q.(-g) = -(q.g) exactly: no pass over the keys
 
         def cosine_keys(qf: Tensor, out: Tensor | None = None) -> Tensor:
             check_features(qf, g, metric)
-            return _product_into(F.normalize(qf.float(), dim=1), gn, out).neg_()
+            return _product_into(F.normalize(qf.float(), dim=1), negative_gn, out)
 
         return cosine_keys
     half_sq = g.pow(2).sum(dim=1).mul_(0.5)  # (N,), exact halving
