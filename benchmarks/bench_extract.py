@@ -18,9 +18,12 @@ Paths, each from the image files to a ``(N, D)`` float32 matrix at 256 x 128, ba
   printed on its own.
 * ``reidkit bf16``: torch with bfloat16 autocast + channels-last, only on CPUs with native bf16.
 
-All baselines run first, under glibc's default allocator; reidkit's rows then run with freed
-memory kept for reuse (:func:`reidkit.engine.speed.reuse_freed_memory`, as the ``reidkit``
-inference commands do; ``--no-reuse-memory`` leaves the default).
+Each model runs in a process of its own, its baseline first, under glibc's default allocator and
+with nothing run before it in the process (eager torch's speed depends on the allocator's state:
+measured 13.7 img/s for OSNet in a fresh process, 21.4 after the decode section had run in it);
+reidkit's rows then run with freed memory kept for reuse
+(:func:`reidkit.engine.speed.reuse_freed_memory`, as the ``reidkit`` inference commands do;
+``--no-reuse-memory`` leaves the default). The decode section runs last.
 
 ``cos`` is the smallest per-image cosine similarity to the ``reidkit torch`` features (larger is
 closer). MobileNetV2 gets the ImageNet weights of ``--mobilenet-weights`` when that file exists
@@ -35,6 +38,8 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -176,14 +181,21 @@ def main() -> None:
                platform.processor()) if os.path.exists("/proc/cpuinfo") else platform.processor()
     print(f"CPU: {cpu}, {cpu_threads()} cores, native bf16: {cpu_has_native_bf16()}, torch {torch.__version__}, "
           f"torch threads {torch.get_num_threads()}")
-    if args.decode:
+    if len(args.models) > 1:  # one fresh process per model: no model's rows see another's heap
+        for name in args.models:
+            others = [a for a in sys.argv[1:] if a not in args.models and a != "--models"]
+            subprocess.run([sys.executable, __file__, "--models", name, "--no-decode", *others], check=True)
+    else:
+        # The baseline first, in a fresh process with glibc's default allocator (what a
+        # torchreid user runs with: its speed depends on what the process freed before, so
+        # nothing runs before it); then reidkit's rows in the process state the reidkit CLI
+        # runs in (freed memory reused).
+        name = args.models[0]
+        baseline = bench_baseline(name, paths, args)
+        print(f"\nreidkit's rows: freed memory reused (mallopt) {reuse_freed_memory(args.reuse_memory)}")
+        bench_model(name, paths, args, *baseline)
+    if args.decode:  # last: its loaders and frees would change the baselines' allocator state
         bench_decode(paths, args.batch)
-    # The baselines first, with glibc's default allocator (what a torchreid user runs with);
-    # then reidkit's rows in the process state the reidkit CLI runs in (freed memory reused).
-    baselines = {name: bench_baseline(name, paths, args) for name in args.models}
-    print(f"\nreidkit's rows: freed memory reused (mallopt) {reuse_freed_memory(args.reuse_memory)}")
-    for name in args.models:
-        bench_model(name, paths, args, *baselines[name])
 
 
 if __name__ == "__main__":

@@ -258,7 +258,7 @@ BAD_CONFIGS = {
     "seed": -1, "data.num_pids_per_batch": 100, "data.num_instances": 0, "train.max_epochs": 0,
     "train.max_epochs ": -3, "train.eval_every": -1, "train.iters_per_epoch": 0, "train.max_minutes": -5,
     "train.device": "gpu", "data.height": 0, "data.flip_p": 2.0, "data.sampler": "shuffle",
-    "data.num_workers": -1, "data.resize": [1], "eval.metric": "manhattan", "eval.max_rank": 0,
+    "data.num_workers": -1, "eval.num_workers": -2, "data.resize": [1], "eval.metric": "manhattan", "eval.max_rank": 0,
     "msgr.norm": "l3", "msgr.stages": [0], "optim.name": "rmsprop", "sched.name": "poly",
     "sched.milestones": ["a"], "sched.gamma": 0, "mutual.peers": [1], "loss": {},
     "loss.arcface": {"weight": 1}, "loss.triplet": {"margn": 0.3}, "loss.ce": {"weight": "x"},

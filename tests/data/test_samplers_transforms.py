@@ -72,3 +72,25 @@ def test_check_images_reports_and_skips_truncated_file(tmp_path):
         assert ds.check_images(skip_unreadable=True) == [str(bad)]
     assert "0002_c2_0.jpg" in str(caught[0].message)
     assert [s.img_path for s in ds.query] == [str(good)]
+
+
+@pytest.mark.parametrize(
+    "cpus, eval_workers, data_workers, expected",
+    [
+        (2, None, None, 0),  # 2 CPUs: decode between batches, every core to the model
+        (1, None, 3, 0),
+        (2, 1, None, 1),  # eval.num_workers always wins
+        (8, None, None, 4),  # more CPUs: data.num_workers, automatic = min(4, cpus - 1)
+        (8, None, 2, 2),
+        (8, 0, 2, 0),
+    ],
+)
+def test_extraction_workers(monkeypatch, cpus, eval_workers, data_workers, expected):
+    from reidkit.data import loader
+
+    monkeypatch.setattr(loader.os, "cpu_count", lambda: cpus)
+    assert loader.extraction_workers(eval_workers, data_workers) == expected
+    samples = [("x.jpg", 0, 0)] * 3
+    assert loader.eval_loader(samples, lambda p: None, lambda x: x, num_workers=eval_workers).num_workers == (
+        eval_workers if eval_workers is not None else (0 if cpus <= 2 else 4)
+    )

@@ -76,13 +76,14 @@ def _embed_paths(model, paths, cfg, run_on, load_image=None, progress=None) -> n
     import sys
 
     from ..data import read_image
-    from ..data.loader import eval_loader
+    from ..data.loader import eval_loader, extraction_workers
     from ..data.transforms import TransformConfig, build_transforms
     from ..evaluation.features import extract_features
 
     transform = build_transforms(TransformConfig(height=cfg.data.height, width=cfg.data.width), train=False)
     loader = eval_loader([(p, -1, -1) for p in paths], load_image or read_image, transform,
-                         batch_size=cfg.data.eval_batch_size, num_workers=cfg.data.num_workers)
+                         batch_size=cfg.data.eval_batch_size,
+                         num_workers=extraction_workers(cfg.eval.num_workers, cfg.data.num_workers))
     e = cfg.eval
     progress = sys.stderr.isatty() if progress is None else progress
     feats = extract_features(model, loader, run_on, amp=e.amp, channels_last=e.channels_last, flip=e.flip,

@@ -314,6 +314,9 @@ class EvalConfig:
         single_shot_repeats: > 0 evaluates single-gallery-shot (one random gallery image per
             identity, this many seeded draws averaged; CUHK01 / CUHK03 classic tables); 0 uses
             the full gallery (Market-1501 rules).
+        num_workers: data-loading processes at extraction; ``None``: none on machines with 2 CPUs
+            or fewer (decoding between batches leaves every core to the model), else
+            ``data.num_workers`` (:func:`reidkit.data.loader.extraction_workers`).
     """
 
     metric: str = "euclidean"
@@ -327,6 +330,7 @@ class EvalConfig:
     rerank: dict | None = None
     aqe: dict | None = None
     single_shot_repeats: int = 0
+    num_workers: int | None = None
 
 
 @dataclass
@@ -581,6 +585,7 @@ def _check_methods(cfg: "Config") -> None:
     _rule(_finite(e.local_weight) and e.local_weight >= 0, "eval.local_weight", e.local_weight, "a number >= 0")
     _rule(e.backend in ("auto", "torch", "onnxruntime"), "eval.backend", e.backend, "auto, torch or onnxruntime")
     _rule(e.single_shot_repeats >= 0, "eval.single_shot_repeats", e.single_shot_repeats, "an integer >= 0")
+    _rule(e.num_workers is None or e.num_workers >= 0, "eval.num_workers", e.num_workers, "null or an integer >= 0")
     _check_options(e.rerank, "eval.rerank", {"k1": (int, 1), "k2": (int, 1), "lambda_value": (float, 0)})
     _check_options(e.aqe, "eval.aqe", {"k": (int, 0), "alpha": (float, 0)})
     if e.rerank is not None:

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from ..data import ReIDDataset
-from ..data.loader import eval_loader
+from ..data.loader import eval_loader, extraction_workers
 from ..data.transforms import TransformConfig, build_transforms
 from ..evaluation import evaluate_rank_from_features
 from ..evaluation.features import Features, extract_features
@@ -48,7 +48,7 @@ def extract_split(model: nn.Module, dataset: ReIDDataset, split: str, cfg: Confi
         dataset.load_image,
         build_transforms(tcfg, train=False),
         batch_size=cfg.data.eval_batch_size,
-        num_workers=cfg.data.num_workers,
+        num_workers=extraction_workers(cfg.eval.num_workers, cfg.data.num_workers),
     )
     features = extract_features(
         model,
