@@ -384,12 +384,12 @@ def _map_in_order(
 class _Workspace:
     """Work arrays reused from block to block: one set per block being ranked.
 
-    Why not numpy's allocator: every block's sorted copy is tens of MiB, above glibc's mmap
-    threshold (32 MiB at most), so each fresh one is a new mapping, page-faulted in 4 KiB at a
-    time on first write and unmapped when freed. Reusing them made
-    :func:`evaluate_rank_from_features` ~11% faster at Market-1501 size (2-core AMD EPYC). A
-    set is used by one thread at a time; the arrays live as long as the workspace (the
-    evaluation call), within the memory the ``block_size`` accounts for.
+    Why not numpy's allocator: a block's sorted copy can be tens of MiB, above glibc's mmap
+    threshold (32 MiB at most), and then each fresh one is a new mapping, page-faulted in 4 KiB
+    at a time on first write and unmapped when freed. Reusing them keeps one set of pages per
+    thread; at Market-1501 size the time saved was within run-to-run noise (2-core AMD EPYC,
+    interleaved runs). A set is used by one thread at a time; the arrays live as long as the
+    workspace (the evaluation call), within the memory the ``block_size`` accounts for.
     """
 
     def __init__(self) -> None:
