@@ -125,3 +125,18 @@ def test_ranking_keys_sort_rows_like_the_distances(metric):
     assert torch.equal(keys.argsort(dim=1, stable=True), distances.argsort(dim=1, stable=True))
     buffer = torch.full((25, 60), float("nan"))
     assert torch.equal(gallery_ranking_keys(g, metric)(q, out=buffer[:20]), keys)
+
+
+def test_unknown_gemm_choice_warns_naming_it(monkeypatch):
+    from reidkit.evaluation import distance
+
+    monkeypatch.setenv(distance.GEMM_ENV, "mkl")
+    distance.numpy_gemm_default.cache_clear()
+    try:
+        with pytest.warns(UserWarning, match="REIDKIT_GEMM='mkl'"):
+            choice = distance.numpy_gemm_default()
+        monkeypatch.delenv(distance.GEMM_ENV)
+        distance.numpy_gemm_default.cache_clear()
+        assert choice == distance.numpy_gemm_default()  # ignored: the CPU's default
+    finally:
+        distance.numpy_gemm_default.cache_clear()

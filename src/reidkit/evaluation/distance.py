@@ -7,6 +7,7 @@ device of the inputs.
 from __future__ import annotations
 
 import os
+import warnings
 from functools import lru_cache
 from typing import Callable
 
@@ -112,11 +113,15 @@ def numpy_gemm_default() -> bool:
     (``(b, 512) x (512, G)``, b = 102-1024; see ``benchmarks/bench_evaluate_rank.py``), and the
     product is most of :func:`~reidkit.evaluation.evaluate_rank_from_features`'s time. On Intel
     CPUs MKL is kept. The choice is fixed per machine (not timed per run), so a machine always
-    gives the same float32 distances; ``REIDKIT_GEMM`` overrides it.
+    gives the same float32 distances; ``REIDKIT_GEMM`` overrides it (any other value than
+    ``numpy`` or ``torch`` is ignored with a warning naming it).
     """
     choice = os.environ.get(GEMM_ENV, "").strip().lower()
     if choice in ("numpy", "torch"):
         return choice == "numpy"
+    if choice:
+        warnings.warn(f"{GEMM_ENV}={os.environ[GEMM_ENV]!r} is neither 'numpy' nor 'torch'; ignored "
+                      "(the default for this CPU is used)", stacklevel=2)
     try:
         with open("/proc/cpuinfo", encoding="ascii", errors="replace") as info:
             vendor = next((line.split(":", 1)[1].strip() for line in info if line.startswith("vendor_id")), "")
