@@ -30,13 +30,11 @@ position in the row, plus one, minus the dropped items before it. Blocks are ran
 
 from __future__ import annotations
 
-import math
 import queue
 import warnings
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import NamedTuple, TypeVar, Union
 
@@ -276,14 +274,13 @@ def _rank_products_per_thread(
     buffers: queue.SimpleQueue[Tensor] = queue.SimpleQueue()  # one (block_size, G) per thread
     for _ in range(min(workers, -(-num_query // block_size))):
         buffers.put(torch.empty(min(block_size, num_query), num_gallery))
-    workspace = _Workspace()
 
     def rank_block(rows: slice) -> _QueryScores:
         buffer = buffers.get()
         try:
             block = buffer[: rows.stop - rows.start]  # leading rows: contiguous
             keys(qf[rows], out=block)
-            return _score_block(rows, block.numpy(), same_pid, workspace)
+            return _score_block(rows, block.numpy(), same_pid)
         finally:
             buffers.put(buffer)
 
@@ -307,7 +304,6 @@ def _rank_products_in_turns(
     num_query = qf.shape[0]
     step = block_size * workers
     buffer = torch.empty(min(step, num_query), num_gallery)  # reused by every product
-    workspace = _Workspace()
     scores: list[_QueryScores] = []
     for rows in _row_blocks(num_query, step):
         block = buffer[: rows.stop - rows.start]  # leading rows: contiguous
@@ -318,7 +314,7 @@ def _rank_products_in_turns(
         array = block.numpy()
         parts = [
             pool.submit(
-                _score_block, part, array[part.start - rows.start : part.stop - rows.start], same_pid, workspace
+                _score_block, part, array[part.start - rows.start : part.stop - rows.start], same_pid
             )
             for part in _row_blocks_from(rows, block_size)
         ]
@@ -353,8 +349,7 @@ def _evaluate_blocks(
 ) -> RankResult:
     """Rank every ``(rows, (b, num_gallery) distances)`` block and summarise all queries."""
     same_pid = _same_pid_index(labels)
-    workspace = _Workspace()
-    score = lambda block: _score_block(*block, same_pid, workspace)  # noqa: E731
+    score = lambda block: _score_block(*block, same_pid)  # noqa: E731
     scores = list(_map_in_order(score, blocks, workers))
     first_rank, ap, inp = (np.concatenate(column) for column in zip(*scores))
     return _summarise(_QueryScores(first_rank, ap, inp), max_rank)
@@ -381,76 +376,28 @@ def _map_in_order(
             yield pending.popleft().result()
 
 
-class _Workspace:
-    """Work arrays reused from block to block: one set per block being ranked.
-
-    Why not numpy's allocator: a block's sorted copy can be tens of MiB, above glibc's mmap
-    threshold (32 MiB at most), and then each fresh one is a new mapping, page-faulted in 4 KiB
-    at a time on first write and unmapped when freed. Reusing them keeps one set of pages per
-    thread; at Market-1501 size the time saved was within run-to-run noise (2-core AMD EPYC,
-    interleaved runs). A set is used by one thread at a time; the arrays live as long as the
-    workspace (the evaluation call), within the memory the ``block_size`` accounts for.
-    """
-
-    def __init__(self) -> None:
-        self._idle: queue.SimpleQueue[dict[str, np.ndarray]] = queue.SimpleQueue()
-
-    @contextmanager
-    def arrays(self) -> Iterator[Callable[[str, tuple[int, ...], np.dtype], np.ndarray]]:
-        """A function ``array(role, shape, dtype)``: an uninitialised array of that shape and
-        dtype, the same memory on every call with the same ``role`` (grown when too small)."""
-        try:
-            buffers = self._idle.get_nowait()
-        except queue.Empty:
-            buffers = {}
-
-        def array(role: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
-            dtype = np.dtype(dtype)
-            nbytes = math.prod(shape) * dtype.itemsize
-            buffer = buffers.get(role)
-            if buffer is None or buffer.nbytes < nbytes:
-                buffers.pop(role, None)  # the old one is freed before the new one is taken
-                buffer = buffers[role] = np.empty(nbytes, dtype=np.uint8)
-            return buffer[:nbytes].view(dtype).reshape(shape)
-
-        try:
-            yield array
-        finally:
-            self._idle.put(buffers)
-
-
-def _score_block(
-    rows: slice, dist: np.ndarray, same_pid: _SamePid, workspace: _Workspace | None = None
-) -> _QueryScores:
+def _score_block(rows: slice, dist: np.ndarray, same_pid: _SamePid) -> _QueryScores:
     """Per-query first-hit rank, AP and INP for the queries ``rows``; ``dist: (b, G)``."""
     if len(same_pid.junk_cols) and dist.dtype.kind == "f":
         _check_no_nan(np.isnan(dist[:, same_pid.junk_cols]).any(axis=1), rows)
-    with (workspace or _Workspace()).arrays() as array:
-        if same_pid.kept_cols is None:
-            kept = dist
-        else:  # (b, G'); mode="clip" (indices are valid) writes into `out` without a buffer
-            kept = array("kept", (len(dist), len(same_pid.kept_cols)), dist.dtype)
-            np.take(dist, same_pid.kept_cols, axis=1, out=kept, mode="clip")
-        items = _block_items(same_pid, rows)
-        positions = _row_positions(kept, items, rows, array)
+    kept = dist if same_pid.kept_cols is None else dist[:, same_pid.kept_cols]  # (b, G')
+    items = _block_items(same_pid, rows)
+    positions = _row_positions(kept, items, rows)
     hit_rows, hit_ranks = _hit_ranks(items, positions)
     return _query_scores(hit_rows, hit_ranks, num_rows=len(dist))
 
 
-def _row_positions(
-    dist: np.ndarray, items: _Items, rows: slice, array: Callable[..., np.ndarray] | None = None
-) -> np.ndarray:
+def _row_positions(dist: np.ndarray, items: _Items, rows: slice) -> np.ndarray:
     """``(N,)`` int64 0-based position of each item in its row's (distance, column) order.
 
-    ``dist: (b, G')`` is left unchanged; a sorted copy (in ``array("sorted", ...)`` of a
-    :class:`_Workspace` when given) gives the number of smaller distances, and tied items add
-    the equal distances at lower columns.
+    ``dist: (b, G')`` is left unchanged; a sorted copy gives the number of smaller distances,
+    and tied items add the equal distances at lower columns.
     """
     if not len(items.row):  # no query of the block has a same-pid item: nothing to rank
         if dist.dtype.kind == "f":
             _check_no_nan(np.isnan(dist).any(axis=1), rows)
         return np.zeros(0, dtype=np.int64)
-    keys = _sortable_copy(dist, array)  # (b, G')
+    keys = _sortable_copy(dist)  # (b, G')
     values = keys[items.row, items.col]  # (N,)
     keys.sort(axis=1)
     if keys.dtype.kind == "f":
@@ -594,33 +541,24 @@ def _packed_keys(keys: np.ndarray) -> np.ndarray:
     return packed
 
 
-def _sortable_copy(dist: np.ndarray, array: Callable[..., np.ndarray] | None = None) -> np.ndarray:
+def _sortable_copy(dist: np.ndarray) -> np.ndarray:
     """A C-contiguous copy of ``dist`` in the narrowest dtype that holds it exactly.
 
     numpy sorts float32 and int32 with AVX2/AVX-512 SIMD code, about 4x faster than float64 or
     int64, so: float16 -> float32; float64 -> float32 when every value is a float32; integers
-    -> int32 when they fit; uint64 -> int64 with the top bit flipped (same order). The copy is
-    written into ``array("sorted", shape, dtype)`` (a :class:`_Workspace`'s) when given.
+    -> int32 when they fit; uint64 -> int64 with the top bit flipped (same order).
 
     Raises:
         TypeError: a float dtype wider than float64 holds values float64 cannot represent.
     """
-
-    def copy(dtype: type) -> np.ndarray:
-        if array is None:
-            return dist.astype(dtype)
-        out = array("sorted", dist.shape, dtype)
-        np.copyto(out, dist, casting="unsafe")
-        return out
-
     if dist.dtype.kind == "f":
         for dtype in (np.float32, np.float64):
-            narrow = copy(dtype)
+            narrow = dist.astype(dtype)
             if dist.itemsize <= narrow.itemsize or np.array_equal(narrow, dist, equal_nan=True):
                 return narrow
         raise TypeError(f"distmat of dtype {dist.dtype} must hold float64 values; cast it")
     if dist.dtype.itemsize < 4 or dist.dtype == np.int32 or _within_int32(dist):
-        return copy(np.int32)
+        return dist.astype(np.int32)
     if dist.dtype == np.uint64:
         return (dist ^ np.uint64(2**63)).view(np.int64)
     return dist.astype(np.int64)
