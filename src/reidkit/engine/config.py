@@ -300,8 +300,8 @@ class EvalConfig:
         max_rank: CMC length.
         local_weight: > 0 adds that times the AlignedReID local distance (models with a local
             branch).
-        amp: bfloat16 autocast (CPU) / float16 (CUDA) at extraction; ``None``: decided per
-            machine (:func:`reidkit.inference.select_backend`).
+        amp: bfloat16 autocast (CPU with native bf16) / float16 (CUDA) at extraction; ``None``:
+            on for CUDA, float32 on CPU (:func:`reidkit.inference.select_backend`).
         channels_last: NHWC layout at extraction; ``None`` goes with ``amp``.
         backend: ``auto`` (onnxruntime on CPU when installed and matching torch, else torch),
             ``torch`` or ``onnxruntime``.

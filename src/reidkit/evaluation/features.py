@@ -25,7 +25,6 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from ..engine.runtime import cpu_has_native_bf16
 from ..inference.backends import select_backend
 
 _log = logging.getLogger("reidkit.inference")
@@ -50,19 +49,6 @@ class Features(NamedTuple):
     pids: np.ndarray
     camids: np.ndarray
     local: torch.Tensor | None = None
-
-
-def fast_cpu_defaults(device: torch.device) -> tuple[bool, bool]:
-    """``(amp, channels_last)`` for torch inference on ``device``.
-
-    On a CPU with native bfloat16 (AMX / AVX512-BF16) both are on: ``benchmarks/bench_models.py``
-    measured them faster there (see docs/benchmarks.md). Elsewhere on CPU both are off; on CUDA
-    float16 autocast with channels-last.
-    """
-    if device.type == "cuda":
-        return True, True
-    native = cpu_has_native_bf16()
-    return native, native
 
 
 def last_backend() -> str | None:

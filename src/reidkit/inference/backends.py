@@ -14,8 +14,9 @@ embeddings. Two implementations:
 :func:`select_backend` picks the fastest correct one (``backend="auto"``): on CPU the model is
 exported to ONNX in memory and run by onnxruntime with one thread per core, after checking on
 the first batch that its embeddings match torch's (cosine >= :data:`PARITY_MIN_COSINE`), else
-torch with a warning; on CUDA torch; bfloat16 torch only on CPUs with native bf16 and only
-where it measures faster than onnxruntime on that first batch. ``benchmarks/bench_extract.py``
+torch with a warning; on CUDA torch. bfloat16 torch runs on CPU only when asked (``amp=True``,
+``eval.amp: true``), never by default: its embeddings differ from float32's by ~1e-3 (seen on
+an Intel AMX CPU), outside the parity the fast path keeps. ``benchmarks/bench_extract.py``
 on a 2-core AMD EPYC (AVX2, no bf16; files to features, 256 x 128, batch 32) measured the
 onnxruntime path at 3.2x (OSNet x1.0), 1.7x (ResNet-50) and 1.9x (MobileNetV2) the eager torch
 fp32 path, export included, with a min cosine to torch of 1.000000.
@@ -23,12 +24,10 @@ fp32 path, export included, with a min cosine to torch of 1.000000.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import logging
 import os
 import threading
-import time
 import warnings
 import weakref
 from pathlib import Path
@@ -325,16 +324,15 @@ def select_backend(
     CUDA, or with ``amp=True`` asked for, torch; on CPU onnxruntime on the model exported in
     memory when onnxruntime is installed, the export works and its embeddings of ``sample``
     match torch fp32 (cosine >= :data:`PARITY_MIN_COSINE`), else torch with a warning. On a CPU
-    with native bfloat16 (and ``amp`` not ``False``) bf16 torch and onnxruntime are both timed
-    on ``sample`` and the faster one is kept. ``"torch"`` and ``"onnxruntime"`` force one.
+    ``"torch"`` and ``"onnxruntime"`` force one.
 
     Args:
         model: a reidkit model, or an ONNX model.
         sample: ``(B, 3, H, W)`` float, the first batch; its ``H, W`` are exported.
         device: where a torch model runs.
         backend: ``"auto"``, ``"torch"`` or ``"onnxruntime"``.
-        amp: torch autocast; ``None`` picks per device (on for CUDA; on native-bf16 CPUs on for
-            forced torch and measured against onnxruntime for ``"auto"``; off elsewhere).
+        amp: torch autocast; ``None``: on for CUDA, off on CPU (float32). ``True`` on a CPU
+            with native bfloat16 runs bf16 torch (embeddings ~1e-3 from float32's).
         channels_last: torch NHWC layout; ``None`` goes with ``amp``.
         threads: onnxruntime intra-op threads (``None``: one per core).
 
@@ -363,17 +361,16 @@ def select_backend(
     fast = _checked_onnx_backend(model, sample, threads, strict=backend == "onnxruntime")
     if fast is None:
         return TorchBackend(model, device, *_cpu_torch_settings(amp, channels_last))
-    if backend == "auto" and amp is None and cpu_has_native_bf16():
-        bf16 = TorchBackend(model, device, amp=True, channels_last=channels_last is not False)
-        return _faster(fast, bf16, sample[:PARITY_IMAGES])
     return fast
 
 
 def _cpu_torch_settings(amp: bool | None, channels_last: bool | None) -> tuple[bool, bool]:
-    """``(amp, channels_last)`` for torch on CPU: ``None`` means on exactly where the CPU has
-    native bfloat16 (``benchmarks/bench_models.py`` measured both faster there)."""
-    native = cpu_has_native_bf16()
-    return (native if amp is None else amp), (native if channels_last is None else channels_last)
+    """``(amp, channels_last)`` for torch on CPU: ``amp=None`` is float32 (bfloat16 only when
+    asked: it changes the embeddings); ``channels_last=None`` goes with ``amp``
+    (``benchmarks/bench_models.py`` measured bf16 with channels-last fastest where the CPU has
+    native bf16)."""
+    amp = bool(amp)
+    return amp, (amp if channels_last is None else channels_last)
 
 
 def _checked_onnx_backend(model: nn.Module, sample: Tensor, threads: int | None, strict: bool):
@@ -397,18 +394,3 @@ def _checked_onnx_backend(model: nn.Module, sample: Tensor, threads: int | None,
     warnings.warn(message + "; running torch", stacklevel=3)
     return None
 
-
-def _faster(a: Backend, b: Backend, probe: Tensor) -> Backend:
-    """Whichever of two backends embeds ``probe`` faster (each run once to warm up, then timed)."""
-    timings = []
-    for candidate in (a, b):
-        candidate(probe)
-        start = time.perf_counter()
-        candidate(probe)
-        timings.append(time.perf_counter() - start)
-    winner, loser = (a, b) if timings[0] <= timings[1] else (b, a)
-    with contextlib.suppress(AttributeError):
-        loser.close()
-    _log.info("measured %s %.3f s vs %s %.3f s on %d images", a.describe(), timings[0], b.describe(),
-              timings[1], len(probe))
-    return winner
