@@ -323,7 +323,7 @@ def select_backend(
     ``"auto"``: an ONNX model (:class:`~reidkit.inference.OnnxReIDModel`) runs as itself; on
     CUDA, or with ``amp=True`` asked for, torch; on CPU onnxruntime on the model exported in
     memory when onnxruntime is installed, the export works and its embeddings of ``sample``
-    match torch fp32 (cosine >= :data:`PARITY_MIN_COSINE`), else torch with a warning. On a CPU
+    match torch fp32 (cosine >= :data:`PARITY_MIN_COSINE`), else torch with a warning.
     ``"torch"`` and ``"onnxruntime"`` force one.
 
     Args:
